@@ -1,0 +1,175 @@
+"""Command line: `python -m factory_mas [serve|train|replay]` (serve is the default)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from . import __version__
+from .errors import FactoryError, SettingsError
+from .settings import Settings, load_settings
+
+log = logging.getLogger("factory_mas")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import build_app
+
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
+    uvicorn.run(
+        build_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
+        # Behind Railway's proxy the client address arrives in X-Forwarded-For.
+        proxy_headers=True,
+    )
+    return 0
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from .training import TRAINERS, train_all
+
+    unknown = set(args.only or ()) - set(TRAINERS)
+    if unknown:
+        print(
+            f"factory_mas train: unknown agent {sorted(unknown)}; known: {sorted(TRAINERS)}",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out) if args.out else settings.models_dir
+    for agent, entry in train_all(out, args.only).items():
+        metrics = ", ".join(f"{k}={v}" for k, v in entry["metrics"].items())
+        print(f"{agent}: {entry['version']} -> {out}  [{metrics}]")
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
+    from .replay import Replay
+
+    overrides = {
+        k: v
+        for k, v in {
+            "rate": args.rate,
+            "csv": args.csv,
+            "machines": args.machines,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    replay_settings = msgspec.structs.replace(settings.replay, **overrides)
+    encoder = msgspec.json.Encoder()
+
+    async def main() -> None:
+        if args.stdout:
+
+            async def sink(rows: list[dict[str, Any]], _first: int) -> None:
+                sys.stdout.buffer.write(b"".join(encoder.encode(r) + b"\n" for r in rows))
+                sys.stdout.flush()
+
+            await Replay(replay_settings, sink, limit=args.count).run()
+            return
+        url = args.url or f"http://127.0.0.1:{settings.server.port}/api/ingest"
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def post(rows: list[dict[str, Any]], _first: int) -> None:
+                try:
+                    response = await client.post(
+                        url,
+                        content=encoder.encode(rows),
+                        headers={"content-type": "application/json"},
+                    )
+                except httpx.HTTPError as exc:
+                    raise FactoryError(f"cannot reach {url}: {exc}") from exc
+                if response.status_code >= 400 and response.status_code != 422:
+                    raise FactoryError(
+                        f"{url} answered {response.status_code}: {response.text[:200]}"
+                    )
+
+            replay = Replay(replay_settings, post, limit=args.count)
+            task = asyncio.create_task(replay.run())
+            while not task.done():
+                await asyncio.wait({task}, timeout=2)
+                rate = replay.stats()["rate_actual"]
+                print(
+                    f"\rreplay: {replay.sent} records sent to {url} ({rate}/s)",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            print(file=sys.stderr)
+            task.result()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factory_mas", description="Smart-factory multi-agent backend")
+    p.add_argument("--version", action="version", version=__version__)
+    p.add_argument(
+        "--settings", help="settings file (default: $FACTORY_SETTINGS or ./settings.toml)"
+    )
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run everything on one port (the default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    train = sub.add_parser("train", help="rebuild the model artifacts (seeded, repeatable)")
+    train.add_argument("--out", help="folder to write (default: the artifacts folder in use)")
+    train.add_argument("--only", nargs="+", metavar="AGENT_ID", help="train just these agents")
+    replay = sub.add_parser("replay", help="stream telemetry to a running server or stdout")
+    target = replay.add_mutually_exclusive_group()
+    target.add_argument(
+        "--url", help="POST batches here (default: http://127.0.0.1:PORT/api/ingest)"
+    )
+    target.add_argument("--stdout", action="store_true", help="print one JSON record per line")
+    replay.add_argument("--rate", type=float, help="records per second, 0 = as fast as possible")
+    replay.add_argument("--csv", help="replay this CSV (Kaggle header names) instead of simulating")
+    replay.add_argument("--machines", type=int, help="number of simulated machines")
+    replay.add_argument("--seed", type=int, help="simulator seed")
+    replay.add_argument("--count", type=int, help="stop after this many records")
+    return p
+
+
+COMMANDS = {"serve": cmd_serve, "train": cmd_train, "replay": cmd_replay}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command is None:
+        args = parser().parse_args([*(argv or sys.argv[1:]), "serve"])
+    try:
+        settings = load_settings(args.settings)
+    except SettingsError as exc:
+        print(f"factory_mas: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.server.log_level)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except FactoryError as exc:
+        print(f"factory_mas: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

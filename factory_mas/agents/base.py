@@ -1,0 +1,455 @@
+"""BaseAgent: everything the ML agents share, written once.
+
+An agent subclass supplies three things: how to load its model (`load`), how to score a
+batch (`score`, runs on the shared inference pool) and what an alert says (`make_alert`).
+This class does the rest: the life cycle (start/stop/restart, as an async context manager),
+consuming its hub subscription in micro-batches, history, counters, alerts on level
+changes, checkpoints to the store and recovery on start, WebSocket fan-out, and the REST
+routes mounted under /api/<slug>.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..api import ApiError, json_response, query_int, read_json, rejected_response
+from ..data.schema import parse_many
+from ..errors import FactoryError, StoreError
+from ..hub import Hub, Subscription, SubscriptionClosed
+from ..inference import Inference, LatencyWindow
+from ..levels import RANK, should_alert, worst
+from ..messages import Alert, Prediction, Rejection, TelemetryRecord
+from ..settings import LEVELS, AgentSettings, Level
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+HISTORY_LIMIT_MAX = 10_000
+_STOP_DRAIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """The shared services an agent works with."""
+
+    hub: Hub
+    store: Store
+    inference: Inference
+    models_dir: Path
+    max_batch: int = 1024
+    max_body_bytes: int = 10_000_000
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    format: int = CHECKPOINT_FORMAT
+    model_version: str = ""
+    history: list[Prediction] = msgspec.field(default_factory=list)
+    counters: dict[str, int] = msgspec.field(default_factory=dict)
+    last_levels: dict[int, Level] = msgspec.field(default_factory=dict)
+
+
+_checkpoint_encoder = msgspec.msgpack.Encoder()
+_checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+_json = msgspec.json.Encoder()
+
+
+class _WsClient:
+    """One WebSocket listener: its own bounded queue, so a slow reader only loses its own
+    oldest messages and never holds up the agent or the other clients."""
+
+    def __init__(self, machine_id: int | None, size: int) -> None:
+        self.machine_id = machine_id
+        self.queue: deque[bytes] = deque(maxlen=size)
+        self.ready = asyncio.Event()
+        self.dropped = 0
+
+    def push(self, frame: bytes) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+        self.queue.append(frame)
+        self.ready.set()
+
+
+class BaseAgent(abc.ABC):
+    agent_id: ClassVar[str]
+    slug: ClassVar[str]
+    input_filter: ClassVar[str] = "sensors/factory/data/#"
+
+    def __init__(self, settings: AgentSettings, ctx: AgentContext) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self.status: str = "stopped"
+        self.error: str | None = None
+        self.model_version = ""
+        self.started_at: float | None = None
+        self.last_prediction_at: float | None = None
+        self.history: deque[Prediction] = deque(maxlen=settings.history_size)
+        self.counters: Counter[str] = Counter()
+        self.last_levels: dict[int, Level] = {}
+        self.latency = LatencyWindow()
+        self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._clients: set[_WsClient] = set()
+        self._dirty = False
+        self._failing = False
+        self.last_checkpoint_at: float | None = None
+
+    # -- what a subclass provides ------------------------------------------------------
+
+    @abc.abstractmethod
+    def load(self) -> str:
+        """Load and verify the model (blocking; runs in a thread). Returns its version."""
+
+    @abc.abstractmethod
+    def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
+        """Score a batch (blocking; runs on the inference pool)."""
+
+    @abc.abstractmethod
+    def make_alert(self, prediction: Prediction) -> Alert:
+        """The alert for a prediction whose level change is news."""
+
+    # -- life cycle --------------------------------------------------------------------
+
+    @property
+    def topic_predictions(self) -> str:
+        return f"predictions/{self.agent_id}"
+
+    @property
+    def topic_alerts(self) -> str:
+        return f"alerts/{self.agent_id}"
+
+    @property
+    def checkpoint_name(self) -> str:
+        return f"agent:{self.agent_id}"
+
+    async def __aenter__(self) -> BaseAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self.status == "running":
+            return
+        if not self.settings.enabled:
+            self.status = "disabled"
+            return
+        self.status, self.error = "starting", None
+        try:
+            self.model_version = await asyncio.to_thread(self.load)
+        except FactoryError as exc:
+            # One broken model must not take the alarm system down with it: the agent
+            # reports failed on /health and the rest of the process keeps serving.
+            self.status, self.error = "failed", str(exc)
+            log.error("%s: not started: %s", self.agent_id, exc)
+            return
+        await self._restore()
+        self._sub = self.ctx.hub.subscribe(self.input_filter, name=self.agent_id)
+        self._tasks = [
+            asyncio.create_task(self._consume(), name=f"{self.agent_id}:consume"),
+            asyncio.create_task(self._checkpoint_loop(), name=f"{self.agent_id}:checkpoint"),
+        ]
+        self.started_at = time.time()
+        self.status = "running"
+        log.info("%s: running model %s", self.agent_id, self.model_version)
+
+    async def stop(self) -> None:
+        if self.status not in ("running", "starting"):
+            return
+        self.status = "stopping"
+        consume, checkpointer = self._tasks
+        if self._sub is not None:
+            # Closing lets the consumer finish what is already queued, then end.
+            self._sub.close()
+        try:
+            await asyncio.wait_for(consume, _STOP_DRAIN_S)
+        except TimeoutError:
+            log.warning("%s: queue not drained within %.0f s", self.agent_id, _STOP_DRAIN_S)
+        checkpointer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checkpointer
+        self._tasks = []
+        await self.save_checkpoint()
+        self.status = "stopped"
+        for client in self._clients:
+            client.ready.set()
+
+    async def restart(self) -> None:
+        await self.stop()
+        self.counters["restarts"] += 1
+        await self.start()
+
+    # -- scoring -----------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        assert self._sub is not None
+        while True:
+            try:
+                messages = await self._sub.get_many(64)
+            except SubscriptionClosed:
+                return
+            records = [r for m in messages for r in self.records_of(m.payload)]
+            for start in range(0, len(records), self.ctx.max_batch):
+                await self.process(records[start : start + self.ctx.max_batch])
+
+    def records_of(self, payload: Any) -> list[TelemetryRecord]:
+        """The records in one hub message on the input topic (a batch or a single one)."""
+        return payload if isinstance(payload, list) else [payload]
+
+    async def process(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
+        """Score, remember, alert and publish; returns the predictions."""
+        if not records:
+            return []
+        try:
+            predictions = await self.ctx.inference.run(self.score, records, timing=self.latency)
+        except Exception:
+            self.counters["errors"] += len(records)
+            if not self._failing:
+                self._failing = True
+                log.exception("%s: scoring failed; further failures are counted", self.agent_id)
+            return []
+        if self._failing:
+            self._failing = False
+            log.info("%s: scoring recovered", self.agent_id)
+        alerts = self._remember(predictions)
+        await self.ctx.hub.publish(self.topic_predictions, predictions, origin=self.agent_id)
+        for alert in alerts:
+            await self.ctx.hub.publish(self.topic_alerts, alert, origin=self.agent_id)
+        self._fan_out(predictions, alerts)
+        return predictions
+
+    def _remember(self, predictions: list[Prediction]) -> list[Alert]:
+        alerts = []
+        minimum = self.settings.alert_min_level
+        for p in predictions:
+            self.history.append(p)
+            self.counters[f"level_{p.level}"] += 1
+            if should_alert(self.last_levels.get(p.machine_id), p.level, minimum):
+                alerts.append(self.make_alert(p))
+            self.last_levels[p.machine_id] = p.level
+        self.counters["predictions"] += len(predictions)
+        self.counters["batches"] += 1
+        self.counters["alerts"] += len(alerts)
+        self.last_prediction_at = time.time()
+        self._dirty = True
+        return alerts
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    async def _restore(self) -> None:
+        try:
+            raw = await self.ctx.store.load_checkpoint(self.checkpoint_name)
+        except StoreError as exc:
+            log.error("%s: checkpoint not read, starting empty: %s", self.agent_id, exc)
+            return
+        if raw is None:
+            return
+        try:
+            cp = _checkpoint_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            log.error("%s: checkpoint unreadable, starting empty: %s", self.agent_id, exc)
+            return
+        self.history.extend(cp.history)
+        self.counters.update(cp.counters)
+        self.last_levels.update(cp.last_levels)
+        log.info("%s: restored %d predictions from checkpoint", self.agent_id, len(cp.history))
+
+    def _snapshot(self) -> Checkpoint:
+        return Checkpoint(
+            model_version=self.model_version,
+            history=list(self.history),
+            counters=dict(self.counters),
+            last_levels=dict(self.last_levels),
+        )
+
+    async def save_checkpoint(self) -> None:
+        self._dirty = False
+        snapshot = self._snapshot()
+        # Encoding thousands of predictions takes milliseconds: off the event loop.
+        data = await asyncio.to_thread(_checkpoint_encoder.encode, snapshot)
+        try:
+            await self.ctx.store.save_checkpoint(self.checkpoint_name, data)
+        except StoreError as exc:
+            self._dirty = True
+            log.error("%s: checkpoint not saved: %s", self.agent_id, exc)
+            return
+        self.last_checkpoint_at = time.time()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval_s)
+            if self._dirty:
+                await self.save_checkpoint()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def recent(self, limit: int, machine_id: int | None = None) -> list[Prediction]:
+        """Newest first."""
+        out: list[Prediction] = []
+        for p in reversed(self.history):
+            if machine_id is None or p.machine_id == machine_id:
+                out.append(p)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "status": self.status,
+            "healthy": self.status in ("running", "disabled"),
+            "model_version": self.model_version or None,
+            "error": self.error,
+            "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else None,
+            "last_prediction_at": self.last_prediction_at,
+        }
+
+    def machines(self) -> dict[str, Any]:
+        by_level = Counter(self.last_levels.values())
+        ranked = sorted(self.last_levels.items(), key=lambda kv: (-RANK[kv[1]], kv[0]))
+        return {
+            "count": len(self.last_levels),
+            "by_level": {level: by_level.get(level, 0) for level in LEVELS},
+            "worst_level": worst(list(self.last_levels.values())),
+            "worst": [{"machine_id": m, "level": lvl} for m, lvl in ranked[:5]],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.health(),
+            "counters": dict(self.counters),
+            "inference": self.latency.summary(),
+            "queue": self._sub.stats() if self._sub is not None else None,
+            "history": {"size": len(self.history), "capacity": self.history.maxlen},
+            "websocket": {
+                "clients": len(self._clients),
+                "dropped": sum(c.dropped for c in self._clients),
+            },
+            "last_checkpoint_at": self.last_checkpoint_at,
+            "machines": self.machines(),
+            "settings": msgspec.to_builtins(self.settings),
+        }
+
+    # -- WebSocket fan-out -------------------------------------------------------------
+
+    def _fan_out(self, predictions: list[Prediction], alerts: list[Alert]) -> None:
+        if not self._clients:
+            return
+        frames: dict[int | None, bytes] = {}
+        for client in self._clients:
+            key = client.machine_id
+            if key not in frames:
+                chosen = (
+                    predictions if key is None else [p for p in predictions if p.machine_id == key]
+                )
+                frames[key] = (
+                    _json.encode({"type": "predictions", "data": chosen}) if chosen else b""
+                )
+            if frames[key]:
+                client.push(frames[key])
+            for alert in alerts:
+                if key is None or alert.machine_id == key:
+                    client.push(_json.encode({"type": "alert", "data": alert}))
+
+    async def ws_route(self, ws: WebSocket) -> None:
+        raw = ws.query_params.get("machine_id")
+        machine_id = None
+        if raw:
+            if not raw.isdigit():
+                await ws.close(code=1008, reason=f"machine_id: expected an integer, got {raw!r}")
+                return
+            machine_id = int(raw)
+        await ws.accept()
+        client = _WsClient(machine_id, self.settings.ws_queue_size)
+        self._clients.add(client)
+        sender = asyncio.create_task(self._ws_send(ws, client))
+        try:
+            client.push(_json.encode({"type": "hello", "data": self.health()}))
+            while True:
+                # Listening is how a closed connection is noticed; clients need not talk.
+                await ws.receive_text()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            self._clients.discard(client)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    async def _ws_send(self, ws: WebSocket, client: _WsClient) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            while True:
+                await client.ready.wait()
+                client.ready.clear()
+                while client.queue:
+                    await ws.send_text(client.queue.popleft().decode())
+
+    # -- REST --------------------------------------------------------------------------
+
+    def _require_running(self) -> None:
+        if self.status != "running":
+            detail = f"{self.agent_id} is {self.status}" + (f": {self.error}" if self.error else "")
+            raise ApiError(503, "agent_unavailable", detail)
+
+    async def health_route(self, _request: Request) -> Response:
+        body = self.health()
+        return json_response(body, 200 if body["healthy"] else 503)
+
+    async def status_route(self, _request: Request) -> Response:
+        return json_response(self.stats())
+
+    async def history_route(self, request: Request) -> Response:
+        limit = query_int(request, "limit", 100, 1, HISTORY_LIMIT_MAX)
+        machine_id = query_int(request, "machine_id", None, 1, 1_000_000)
+        items = self.recent(limit or 100, machine_id)
+        return json_response({"agent_id": self.agent_id, "count": len(items), "predictions": items})
+
+    def parse_request(self, items: list[Any]) -> tuple[list[TelemetryRecord], list[Rejection]]:
+        return parse_many(items, source=f"http:{self.slug}")
+
+    async def predict_route(self, request: Request) -> Response:
+        body = await read_json(request, self.ctx.max_body_bytes)
+        self._require_running()
+        single = not isinstance(body, list)
+        items = [body] if single else body
+        if not items:
+            raise ApiError(400, "empty_batch", "the array holds no records")
+        records, rejections = self.parse_request(items)
+        if rejections:
+            await self.ctx.hub.publish("sensors/factory/rejected", rejections, origin=self.agent_id)
+        if not records:
+            return rejected_response(rejections, single)
+        predictions = await self.process(records)
+        if not predictions:
+            raise ApiError(
+                500, "scoring_failed", f"{self.agent_id} could not score the batch; see the log"
+            )
+        if single:
+            return json_response(predictions[0])
+        return json_response({"predictions": predictions, "rejected": rejections})
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/health", self.health_route),
+            Route("/status", self.status_route),
+            Route("/history", self.history_route),
+            Route("/predict", self.predict_route, methods=["POST"]),
+            WebSocketRoute("/ws", self.ws_route),
+        ]

@@ -1,0 +1,66 @@
+"""pm_agent: failure risk and remaining useful life for every record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from ...data.schema import columns_of
+from ...messages import Alert, Prediction, TelemetryRecord
+from ...settings import PmSettings
+from ..base import BaseAgent
+from . import logic
+from .model import AGENT_ID, PmModel, features
+
+
+class PmAgent(BaseAgent):
+    agent_id = AGENT_ID
+    slug = "pm"
+    settings: PmSettings
+
+    def load(self) -> str:
+        self.model = PmModel.load(self.ctx.models_dir)
+        return self.model.version
+
+    def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
+        probabilities, ruls = self.model.predict(features(columns_of(records)))
+        t = self.settings
+        now = datetime.now(UTC)
+        out = []
+        for record, p, rul in zip(records, probabilities.tolist(), ruls.tolist(), strict=True):
+            in_maintenance = record.operation_mode == "Maintenance"
+            level = logic.level_for(p, rul, in_maintenance, t)
+            out.append(
+                Prediction(
+                    agent_id=self.agent_id,
+                    machine_id=record.machine_id,
+                    record_ts=record.timestamp or now,
+                    produced_at=now,
+                    model_version=self.model_version,
+                    level=level,
+                    result={
+                        "failure_probability": round(p, 4),
+                        "rul_hours": round(rul, 1),
+                        "health_score": logic.health_score(p, rul, t),
+                        "confidence": logic.confidence(p),
+                        "action": logic.action_for(level, in_maintenance),
+                    },
+                )
+            )
+        return out
+
+    def make_alert(self, prediction: Prediction) -> Alert:
+        r = prediction.result
+        kind = logic.alert_type(r["failure_probability"], self.settings)
+        return Alert(
+            source=self.agent_id,
+            type=kind,
+            level=prediction.level,
+            machine_id=prediction.machine_id,
+            value=r["failure_probability"] if kind == "IMMINENT_FAILURE" else r["rul_hours"],
+            details=(
+                f"Machine {prediction.machine_id}: failure probability "
+                f"{r['failure_probability']:.0%}, remaining useful life {r['rul_hours']:.0f} h. "
+                f"{r['action']}."
+            ),
+        )

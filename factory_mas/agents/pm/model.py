@@ -1,0 +1,67 @@
+"""Predictive-maintenance models: a failure classifier and a RUL regressor (RandomForest).
+
+`features()` is the one place the model inputs are computed, for training and serving alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from ...artifacts import load_entry
+from ...errors import ArtifactError
+
+AGENT_ID = "pm_agent"
+FEATURES: tuple[str, ...] = (
+    "temperature_c",
+    "vibration_hz",
+    "power_consumption_kw",
+    "maintenance_score",
+    "error_rate_pct",
+    "defect_rate_pct",
+    "production_speed",
+    "mode_active",
+    "mode_idle",
+)
+# The regressor learns a capped RUL: far from the end of life the readings look alike, so
+# beyond this horizon the honest answer is "a long time", as in the C-MAPSS literature.
+RUL_CAP_HOURS = 400.0
+# The classifier's label: the machine fails within this many hours.
+FAILURE_HORIZON_HOURS = 24.0
+
+
+def features(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    mode = np.asarray(columns["operation_mode"])
+    return np.column_stack(
+        [np.asarray(columns[name], dtype=np.float64) for name in FEATURES[:-2]]
+        + [(mode == "Active").astype(np.float64), (mode == "Idle").astype(np.float64)]
+    )
+
+
+class PmModel:
+    def __init__(self, classifier, regressor, version: str) -> None:
+        self.classifier = classifier
+        self.regressor = regressor
+        self.version = version
+
+    @classmethod
+    def load(cls, models_dir: Path) -> PmModel:
+        entry = load_entry(models_dir, AGENT_ID, FEATURES)
+        try:
+            classifier = joblib.load(entry.paths["classifier"])
+            regressor = joblib.load(entry.paths["regressor"])
+        except (KeyError, OSError, ValueError, EOFError) as exc:
+            raise ArtifactError(f"{AGENT_ID}: cannot load the model files: {exc}") from exc
+        # Parallelism comes from the shared inference pool; nested joblib workers per call
+        # would only fight it for the two cores.
+        classifier.n_jobs = regressor.n_jobs = 1
+        return cls(classifier, regressor, entry.version)
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Failure probability within the horizon, and remaining useful life in hours."""
+        failure_probability = self.classifier.predict_proba(x)[:, 1]
+        rul_hours = np.clip(self.regressor.predict(x), 0.0, RUL_CAP_HOURS)
+        return failure_probability, rul_hours

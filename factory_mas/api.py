@@ -1,0 +1,113 @@
+"""HTTP plumbing shared by every route: JSON in and out, typed errors, query parsing.
+
+Every error answer has the shape {"error": code, "detail": text}.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import FactoryError, RecordError
+from .messages import Rejection
+
+log = logging.getLogger(__name__)
+_encoder = msgspec.json.Encoder()
+
+
+class ApiError(FactoryError):
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.extra = status, code, detail, extra
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(_encoder.encode(content), status, headers, media_type="application/json")
+
+
+def error_response(status: int, code: str, detail: str, **extra: Any) -> Response:
+    return json_response({"error": code, "detail": detail, **extra}, status)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body decoded as JSON, or ApiError 413/415/400 saying what was wrong."""
+    # The content type is not checked: `curl -d` labels JSON as a form, and refusing it
+    # would only teach people to ignore our errors. The body must parse as JSON, that's all.
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(
+            413, "payload_too_large", f"body is {declared} bytes, the limit is {max_bytes}"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, "payload_too_large", f"body exceeds the limit of {max_bytes} bytes")
+    if not body.strip():
+        raise ApiError(400, "empty_body", "the request body is empty; send JSON")
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+def rejected_response(rejections: list[Rejection], single: bool, **extra: Any) -> Response:
+    """422 for a request none of whose records was good, naming the first problem."""
+    first = rejections[0]
+    detail = f"{first.field}: {first.reason}" if first.field else first.reason
+    if not single:
+        detail = f"record {first.index}: {detail}"
+    return error_response(
+        422, "invalid_record", detail, field=first.field, errors=rejections, **extra
+    )
+
+
+def query_int(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise ApiError(
+            400, "bad_query", f"{name}: expected an integer from {lo} to {hi}, got {raw!r}"
+        )
+    return value
+
+
+async def api_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.detail, **exc.extra)
+
+
+async def record_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RecordError)
+    return error_response(422, "invalid_record", str(exc), field=exc.field)
+
+
+async def http_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", f"{type(exc).__name__}; see the server log")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: api_error_handler,
+    RecordError: record_error_handler,
+    HTTPException: http_error_handler,
+    Exception: internal_error_handler,
+}

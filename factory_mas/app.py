@@ -1,0 +1,153 @@
+"""The Starlette application: routes, and a lifespan that runs every component.
+
+Components are entered into one AsyncExitStack in dependency order (store, hub, inference
+pool, agents, then the producers), so shutdown is the exact reverse: producers stop first,
+agents drain their queues and checkpoint, then the pool and the store close. A component
+that fails to start unwinds the ones already started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from . import __version__
+from .agents.base import AgentContext, BaseAgent
+from .agents.pm.agent import PmAgent
+from .api import EXCEPTION_HANDLERS, json_response
+from .hub import Hub
+from .inference import Inference
+from .ingest import Intake
+from .replay import Replay
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    settings: Settings
+    hub: Hub
+    store: Store
+    inference: Inference
+    intake: Intake
+    agents: list[BaseAgent]
+    replay: Replay
+    started_at: float = field(default_factory=time.time)
+    ready: bool = False
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        store_ok = await self.store.ping()
+        agents = {a.agent_id: a.health()["status"] for a in self.agents}
+        ok = store_ok and self.ready and all(a.health()["healthy"] for a in self.agents)
+        body = {
+            "status": "ok" if ok else "degraded",
+            "version": __version__,
+            "ready": self.ready,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "components": {
+                "store": store_ok,
+                "agents": agents,
+                "replay": self.replay.stats()["running"] if self.settings.replay.enabled else "off",
+            },
+        }
+        return store_ok and self.ready, body
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "store": {"url": self.store.safe_url, "schema_version": self.store.version},
+            "ingest": self.intake.stats(),
+            "replay": self.replay.stats() if self.settings.replay.enabled else {"running": False},
+            "agents": {a.agent_id: a.stats() for a in self.agents},
+            "hub": self.hub.stats(),
+        }
+
+
+def build_components(settings: Settings) -> Components:
+    hub = Hub(queue_size=settings.hub.queue_size)
+    store = Store.in_data_dir(settings.data_dir)
+    inference = Inference(settings.inference.threads)
+    ctx = AgentContext(
+        hub=hub,
+        store=store,
+        inference=inference,
+        models_dir=settings.models_dir,
+        max_batch=settings.inference.max_batch,
+        max_body_bytes=settings.server.max_body_bytes,
+    )
+    intake = Intake(hub, settings.server.max_body_bytes)
+
+    async def to_hub(rows: list[dict[str, Any]], first_index: int) -> None:
+        await intake.accept(rows, replay.source, first_index=first_index)
+
+    replay = Replay(settings.replay, to_hub)
+    agents: list[BaseAgent] = [PmAgent(settings.agents.pm, ctx)]
+    return Components(settings, hub, store, inference, intake, agents, replay)
+
+
+def build_app(settings: Settings) -> Starlette:
+    c = build_components(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(c.store)
+            stack.callback(c.hub.close)
+            await stack.enter_async_context(c.inference)
+            for agent in c.agents:
+                await stack.enter_async_context(agent)
+            if settings.replay.enabled:
+                await stack.enter_async_context(c.replay)
+            c.ready = True
+            log.info("factory_mas %s ready", __version__)
+            try:
+                yield
+            finally:
+                c.ready = False
+                log.info("factory_mas stopping")
+
+    async def health(_request: Request) -> Response:
+        ok, body = await c.health()
+        return json_response(body, 200 if ok else 503)
+
+    async def status(_request: Request) -> Response:
+        return json_response(c.status())
+
+    routes: list[BaseRoute] = [
+        Route("/health", health),
+        Route("/status", status),
+        *c.intake.routes(),
+        *(Mount(f"/api/{a.slug}", routes=a.routes()) for a in c.agents),
+    ]
+    middleware = []
+    if settings.server.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.server.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    )
+    app.state.components = c
+    return app

@@ -1,0 +1,34 @@
+"""The project's exceptions: one root, a few kinds, messages a person can act on.
+
+Foreign errors (msgspec, sqlite, joblib, ...) are converted where they enter, so callers
+only ever catch these.
+"""
+
+
+class FactoryError(Exception):
+    """Root of every error factory_mas raises on purpose."""
+
+
+class SettingsError(FactoryError, ValueError):
+    """A setting has a value that is not allowed; the message names key, value and rule."""
+
+
+class RecordError(FactoryError, ValueError):
+    """An input record (telemetry, frame, command) failed validation.
+
+    `field` names the offending field when one is to blame, so HTTP answers and the
+    rejected-records topic can point at it.
+    """
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason if field is None else f"{field}: {reason}")
+        self.reason = reason
+        self.field = field
+
+
+class ArtifactError(FactoryError):
+    """A trained model artifact is missing, corrupt or does not match the code."""
+
+
+class StoreError(FactoryError):
+    """The persistent store could not be opened or written."""

@@ -1,0 +1,89 @@
+"""Where telemetry enters: validation, counting, and publication on the hub.
+
+HTTP ingest, the replay publisher and the MQTT bridge all hand raw items to `Intake`, so a
+record is judged by the same rules whichever way it came. Good records go on in bounded
+chunks (back-pressure reaches the caller through `Hub.publish`); bad ones are counted and
+published with their reason on sensors/factory/rejected. A bad record never stops a batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .api import ApiError, json_response, read_json, rejected_response
+from .data.schema import parse_many
+from .hub import Hub
+from .messages import Rejection
+
+TELEMETRY_TOPIC = "sensors/factory/data"
+REJECTED_TOPIC = "sensors/factory/rejected"
+# Validating ~500 records takes about a millisecond: chunks keep the loop responsive and
+# the hub's messages a size the agents score in one go.
+CHUNK = 500
+
+
+class Intake:
+    def __init__(self, hub: Hub, max_body_bytes: int) -> None:
+        self.hub = hub
+        self.max_body_bytes = max_body_bytes
+        self.accepted: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.rejected_fields: Counter[str] = Counter()
+        self.last_accepted_at = 0.0
+
+    async def accept(
+        self, items: list[Any], source: str, topic: str = TELEMETRY_TOPIC, first_index: int = 0
+    ) -> tuple[int, list[Rejection]]:
+        """Validate and publish; returns the number accepted and the rejections.
+
+        `first_index` numbers the rejections (a CSV reader passes the line number).
+        """
+        accepted = 0
+        rejections: list[Rejection] = []
+        for start in range(0, len(items), CHUNK):
+            good, bad = parse_many(items[start : start + CHUNK], source)
+            for r in bad:
+                r.index = (r.index or 0) + start + first_index
+            if good:
+                await self.hub.publish(topic, good, origin=source)
+                accepted += len(good)
+            if bad:
+                self.rejected_fields.update(r.field or "(record)" for r in bad)
+                await self.hub.publish(REJECTED_TOPIC, bad, origin=source)
+                rejections.extend(bad)
+        self.accepted[source] += accepted
+        self.rejected[source] += len(rejections)
+        if accepted:
+            self.last_accepted_at = time.time()
+        return accepted, rejections
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "accepted": dict(self.accepted),
+            "rejected": dict(self.rejected),
+            "rejected_by_field": dict(self.rejected_fields),
+            "last_accepted_at": self.last_accepted_at or None,
+        }
+
+    async def ingest_route(self, request: Request) -> Response:
+        """POST /api/ingest: one record or a JSON array; good records are kept even when
+        others in the batch are bad (202 with the rejections listed); 422 if none is good."""
+        body = await read_json(request, self.max_body_bytes)
+        items = body if isinstance(body, list) else [body]
+        if not items:
+            raise ApiError(400, "empty_batch", "the array holds no records")
+        accepted, rejections = await self.accept(items, source="http")
+        if not accepted:
+            return rejected_response(rejections, single=False, accepted=0, rejected=len(rejections))
+        return json_response(
+            {"accepted": accepted, "rejected": len(rejections), "errors": rejections}, 202
+        )
+
+    def routes(self) -> list[Route]:
+        return [Route("/api/ingest", self.ingest_route, methods=["POST"])]

@@ -1,0 +1,114 @@
+"""The replay publisher: a steady stream of telemetry from the simulator or a CSV file.
+
+On by default in `serve`, so a new user sees all machines live at once. The same class
+drives `python -m factory_mas replay`, which sends the stream to a running server instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .data.loader import read_batches
+from .data.synthetic import FactorySimulator
+from .errors import FactoryError
+from .settings import ReplaySettings
+
+log = logging.getLogger(__name__)
+
+# (rows, index of the first row for error messages) -> awaitable
+Sink = Callable[[list[dict[str, Any]], int], Awaitable[Any]]
+# When the consumer stalled for longer than this, the schedule restarts from now instead of
+# bursting to catch up: a replay imitates a plant, and a plant does not send a backlog.
+_MAX_LAG_S = 1.0
+_FAST_TICKS = 20
+
+
+class Replay:
+    def __init__(
+        self, settings: ReplaySettings, sink: Sink, retime: bool = True, limit: int | None = None
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        # Stamp records with the current time, so a dashboard shows them as live.
+        self.retime = retime
+        self.limit = limit
+        self.sent = 0
+        self.started_at: float | None = None
+        self.error: str | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def source(self) -> str:
+        return f"csv:{Path(self.settings.csv).name}" if self.settings.csv else "replay"
+
+    async def __aenter__(self) -> Replay:
+        self._task = asyncio.create_task(self._guarded(), name="replay")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _guarded(self) -> None:
+        try:
+            await self.run()
+        except FactoryError as exc:
+            self.error = str(exc)
+            log.error("replay stopped: %s", exc)
+
+    def batches(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        s = self.settings
+        if s.csv:
+            while True:
+                yield from read_batches(Path(s.csv), s.machines)
+                if not s.loop:
+                    return
+        sim = FactorySimulator(seed=s.seed, machines=s.machines, step_minutes=s.step_minutes)
+        # Unpaced, bigger batches cost the simulator and the hub less per record.
+        ticks = _FAST_TICKS if s.rate == 0 else 1
+        while True:
+            yield 0, sim.run(ticks).records()
+
+    async def run(self) -> None:
+        rate = self.settings.rate
+        self.started_at = time.monotonic()
+        next_at = self.started_at
+        for first_index, rows in self.batches():
+            if self.limit is not None:
+                rows = rows[: self.limit - self.sent]
+            if self.retime:
+                now = datetime.now(UTC).isoformat()
+                for row in rows:
+                    row["timestamp"] = now
+            await self.sink(rows, first_index)
+            self.sent += len(rows)
+            if self.limit is not None and self.sent >= self.limit:
+                return
+            if rate > 0:
+                next_at += len(rows) / rate
+                delay = next_at - time.monotonic()
+                if delay < -_MAX_LAG_S:
+                    next_at = time.monotonic()
+                await asyncio.sleep(max(0.0, delay))
+            else:
+                await asyncio.sleep(0)  # let the rest of the loop run between batches
+
+    def stats(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started_at if self.started_at else 0.0
+        return {
+            "source": self.source,
+            "running": self._task is not None and not self._task.done(),
+            "sent": self.sent,
+            "rate_target": self.settings.rate,
+            "rate_actual": round(self.sent / elapsed, 1) if elapsed > 0 else 0.0,
+            "error": self.error,
+        }

@@ -1,0 +1,179 @@
+"""Persistence behind one small interface: SQLite in WAL mode by default.
+
+SQLAlchemy Core keeps the SQL portable so a PostgreSQL URL can back the same interface.
+All database work runs on one dedicated thread: SQLite has a single writer anyway, and the
+event loop and the inference pool never wait on disk.
+
+Schema changes are numbered migrations applied in order at start-up; the applied version is
+kept in `schema_version`, so an old database is brought forward and a newer one is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    schema_version.create(conn)
+    checkpoints.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+class Store:
+    """Open with `async with Store(url) as store:`; every method is a coroutine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.version = 0
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> Store:
+        return cls(sqlite_url(data_dir / "factory.db"))
+
+    async def __aenter__(self) -> Store:
+        try:
+            await self._run(self._open)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._engine is not None:
+            await self._run(self._engine.dispose)
+            self._engine = None
+        self._pool.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {self.safe_url}: {exc.__class__.__name__}: {exc}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for logs and /status."""
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def _open(self) -> None:
+        url = sa.make_url(self.url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            try:
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the data folder for {url.database}: {exc}"
+                ) from exc
+        engine = sa.create_engine(url)
+        if url.get_backend_name() == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        self._engine = engine
+        self._migrate()
+
+    def _migrate(self) -> None:
+        assert self._engine is not None
+        with self._engine.begin() as conn:
+            have = 0
+            if sa.inspect(conn).has_table("schema_version"):
+                have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+            if have > len(MIGRATIONS):
+                raise StoreError(
+                    f"database {self.safe_url} has schema version {have}, newer than this "
+                    f"factory_mas knows ({len(MIGRATIONS)}); upgrade factory_mas"
+                )
+            for number, migrate in enumerate(MIGRATIONS[have:], start=have + 1):
+                migrate(conn)
+                conn.execute(schema_version.insert().values(version=number, applied_at=time.time()))
+                log.info("store: applied schema migration %d", number)
+            self.version = len(MIGRATIONS)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise StoreError("the store is not open")
+        return self._engine
+
+    async def save_checkpoint(self, name: str, data: bytes) -> None:
+        await self._run(self._save_checkpoint, name, data)
+
+    def _save_checkpoint(self, name: str, data: bytes) -> None:
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                checkpoints.update()
+                .where(checkpoints.c.name == name)
+                .values(data=data, updated_at=time.time())
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    checkpoints.insert().values(name=name, data=data, updated_at=time.time())
+                )
+
+    async def load_checkpoint(self, name: str) -> bytes | None:
+        return await self._run(self._load_checkpoint, name)
+
+    def _load_checkpoint(self, name: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(checkpoints.c.data).where(checkpoints.c.name == name)
+            ).scalar()
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(self._ping)
+        except (StoreError, RuntimeError):  # RuntimeError: the store's thread has shut down
+            return False
+        return True
+
+    def _ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers run beside the writer; synchronous=NORMAL is durable across a
+    # process crash (kill -9) in WAL mode and only risks the last commits on power loss.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
