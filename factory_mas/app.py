@@ -8,9 +8,11 @@ that fails to start unwinds the ones already started.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +25,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from . import __version__
+from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
-from .agents.pm.agent import PmAgent
 from .api import EXCEPTION_HANDLERS, json_response
+from .errors import FactoryError
 from .hub import Hub
 from .inference import Inference
 from .ingest import Intake
@@ -47,6 +50,7 @@ class Components:
     replay: Replay
     started_at: float = field(default_factory=time.time)
     ready: bool = False
+    _tasks: set[asyncio.Task] = field(default_factory=set)
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         store_ok = await self.store.ping()
@@ -64,6 +68,19 @@ class Components:
             },
         }
         return store_ok and self.ready, body
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        # Keep a reference: the loop holds tasks weakly, and a collected task never ends.
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload_models(self) -> None:
+        for agent in self.agents:
+            try:
+                await agent.reload()
+            except FactoryError as exc:
+                log.error("%s: reload refused, the old model stays: %s", agent.agent_id, exc)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -87,6 +104,7 @@ def build_components(settings: Settings) -> Components:
         inference=inference,
         models_dir=settings.models_dir,
         max_batch=settings.inference.max_batch,
+        max_wait_s=settings.inference.max_wait_ms / 1000,
         max_body_bytes=settings.server.max_body_bytes,
     )
     intake = Intake(hub, settings.server.max_body_bytes)
@@ -95,7 +113,7 @@ def build_components(settings: Settings) -> Components:
         await intake.accept(rows, replay.source, first_index=first_index)
 
     replay = Replay(settings.replay, to_hub)
-    agents: list[BaseAgent] = [PmAgent(settings.agents.pm, ctx)]
+    agents = build_agents(settings, ctx)
     return Components(settings, hub, store, inference, intake, agents, replay)
 
 
@@ -112,6 +130,10 @@ def build_app(settings: Settings) -> Starlette:
                 await stack.enter_async_context(agent)
             if settings.replay.enabled:
                 await stack.enter_async_context(c.replay)
+            loop = asyncio.get_running_loop()
+            # SIGHUP reloads every model, the way daemons reread their files.
+            loop.add_signal_handler(signal.SIGHUP, lambda: c.spawn(c.reload_models()))
+            stack.callback(loop.remove_signal_handler, signal.SIGHUP)
             c.ready = True
             log.info("factory_mas %s ready", __version__)
             try:

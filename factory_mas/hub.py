@@ -160,12 +160,34 @@ class Subscription:
         self._not_full.set()
         return message
 
-    async def get_many(self, limit: int) -> list[Message]:
-        """Wait for one message, then take what else is queued, up to `limit` in all."""
-        first = await self.get()
-        batch = [first]
-        while self._items and len(batch) < limit:
-            batch.append(self._items.popleft())
+    async def get_many(self, limit: int, wait_s: float = 0.0) -> list[Message]:
+        """Wait for one message, then gather more: the micro-batch.
+
+        Stops at `limit` items (a message carrying a list counts its length) or when
+        nothing more arrives within `wait_s` of the first. Under load the queue already
+        holds plenty and no time is spent waiting; when idle a lone record waits `wait_s`.
+        """
+        batch = [await self.get()]
+        items = batch[0].items
+        deadline: float | None = None
+        while items < limit:
+            if self._items:
+                message = self._items.popleft()
+                batch.append(message)
+                items += message.items
+                continue
+            if wait_s <= 0 or self.closed:
+                break
+            now = time.monotonic()
+            deadline = deadline or now + wait_s
+            if now >= deadline:
+                break
+            self._not_full.set()
+            self._not_empty.clear()
+            try:
+                await asyncio.wait_for(self._not_empty.wait(), deadline - now)
+            except TimeoutError:
+                break
         self._not_full.set()
         return batch
 

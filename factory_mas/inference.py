@@ -9,11 +9,17 @@ batches grow and the per-record cost falls; when idle a record is scored alone, 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
+
+from .errors import ArtifactError
 
 T = TypeVar("T")
 
@@ -66,3 +72,62 @@ class Inference:
         if timing is not None:
             timing.add(time.perf_counter() - started)
         return result
+
+
+def _bucket(n: int) -> int:
+    """The next power of two: a handful of tensor shapes instead of one per batch size."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class LiteRtModel:
+    """A .tflite model served with LiteRT, without importing TensorFlow.
+
+    An interpreter is not thread-safe, so each pool thread gets its own. Batches are padded
+    to a power of two so an interpreter re-allocates its tensors for a few sizes only; rows
+    do not influence each other, so the padding changes no result.
+    """
+
+    def __init__(self, path: Path, version: str) -> None:
+        self.path = path
+        self.version = version
+        self._content = path.read_bytes()
+        self._local = threading.local()
+        try:
+            interpreter = self._interpreter()
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{path} is not a LiteRT model: {exc}") from exc
+        inp = interpreter.get_input_details()
+        out = interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ArtifactError(f"{path}: expected one input and one output tensor")
+        self.input_shape = tuple(int(d) for d in inp[0]["shape_signature"])
+        self.output_shape = tuple(int(d) for d in out[0]["shape_signature"])
+
+    def _interpreter(self) -> Any:
+        interpreter = getattr(self._local, "interpreter", None)
+        if interpreter is None:
+            from ai_edge_litert.interpreter import Interpreter
+
+            interpreter = Interpreter(model_content=self._content, num_threads=1)
+            interpreter.allocate_tensors()
+            self._local.interpreter = interpreter
+            self._local.rows = None
+        return interpreter
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        if n == 0:
+            return np.zeros((0, *self.output_shape[1:]), np.float32)
+        interpreter = self._interpreter()
+        inp = interpreter.get_input_details()[0]["index"]
+        out = interpreter.get_output_details()[0]["index"]
+        rows = _bucket(n)
+        if self._local.rows != rows:
+            interpreter.resize_tensor_input(inp, [rows, *x.shape[1:]])
+            interpreter.allocate_tensors()
+            self._local.rows = rows
+        padded = np.zeros((rows, *x.shape[1:]), np.float32)
+        padded[:n] = x
+        interpreter.set_tensor(inp, padded)
+        interpreter.invoke()
+        return interpreter.get_tensor(out)[:n].copy()

@@ -64,12 +64,14 @@ class Rejection(Struct, kw_only=True):
 
 class Prediction(Struct, kw_only=True):
     agent_id: str
-    machine_id: int
+    # None for predictions about a place rather than a machine (a PPE camera).
+    machine_id: int | None
     record_ts: datetime
     produced_at: datetime
     model_version: str
     level: Level
     result: dict[str, Any]
+    camera_id: str | None = None
 
 
 class Alert(Struct, kw_only=True):

@@ -64,6 +64,8 @@ class HubSettings(_Section):
 class InferenceSettings(_Section):
     threads: Annotated[int, Meta(ge=1, le=64)] = 2
     max_batch: Annotated[int, Meta(ge=1, le=100_000)] = 1024
+    # How long a lone record waits for company before it is scored alone.
+    max_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0
 
 
 class ReplaySettings(_Section):

@@ -1,0 +1,15 @@
+"""The ML agents. Each lives in its own package: model.py, logic.py, agent.py."""
+
+from __future__ import annotations
+
+from ..settings import Settings
+from .base import AgentContext, BaseAgent
+from .pm.agent import PmAgent
+
+
+def build_agents(settings: Settings, ctx: AgentContext) -> list[BaseAgent]:
+    """Every agent, in the order they start (and the reverse of how they stop)."""
+    a = settings.agents
+    return [
+        PmAgent(a.pm, ctx),
+    ]

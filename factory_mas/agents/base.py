@@ -1,11 +1,12 @@
 """BaseAgent: everything the ML agents share, written once.
 
 An agent subclass supplies three things: how to load its model (`load`), how to score a
-batch (`score`, runs on the shared inference pool) and what an alert says (`make_alert`).
+batch (`score`, runs on the shared inference pool) and what an alert says (`make_alert`);
+agents with per-machine memory also export and import it (`export_state`/`import_state`).
 This class does the rest: the life cycle (start/stop/restart, as an async context manager),
 consuming its hub subscription in micro-batches, history, counters, alerts on level
-changes, checkpoints to the store and recovery on start, WebSocket fan-out, and the REST
-routes mounted under /api/<slug>.
+changes, checkpoints to the store and recovery on start, hot model reload, WebSocket
+fan-out, and the REST routes mounted under /api/<slug>.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..api import ApiError, json_response, query_int, read_json, rejected_response
 from ..data.schema import parse_many
 from ..errors import FactoryError, StoreError
-from ..hub import Hub, Subscription, SubscriptionClosed
+from ..hub import Hub, Message, Subscription, SubscriptionClosed
 from ..inference import Inference, LatencyWindow
 from ..levels import RANK, should_alert, worst
 from ..messages import Alert, Prediction, Rejection, TelemetryRecord
@@ -53,6 +54,7 @@ class AgentContext:
     inference: Inference
     models_dir: Path
     max_batch: int = 1024
+    max_wait_s: float = 0.002
     max_body_bytes: int = 10_000_000
 
 
@@ -61,7 +63,9 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     model_version: str = ""
     history: list[Prediction] = msgspec.field(default_factory=list)
     counters: dict[str, int] = msgspec.field(default_factory=dict)
-    last_levels: dict[int, Level] = msgspec.field(default_factory=dict)
+    last_levels: dict[int | str, Level] = msgspec.field(default_factory=dict)
+    # Whatever per-machine memory the agent keeps (LSTM windows, counters): its own shape.
+    state: Any = None
 
 
 _checkpoint_encoder = msgspec.msgpack.Encoder()
@@ -96,29 +100,49 @@ class BaseAgent(abc.ABC):
         self.ctx = ctx
         self.status: str = "stopped"
         self.error: str | None = None
-        self.model_version = ""
+        self.model: Any = None
         self.started_at: float | None = None
         self.last_prediction_at: float | None = None
         self.history: deque[Prediction] = deque(maxlen=settings.history_size)
         self.counters: Counter[str] = Counter()
-        self.last_levels: dict[int, Level] = {}
+        # Latest level per subject: a machine id, or a camera id for PPE.
+        self.last_levels: dict[int | str, Level] = {}
         self.latency = LatencyWindow()
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task] = []
         self._clients: set[_WsClient] = set()
         self._dirty = False
         self._failing = False
+        self._scoring = asyncio.Lock()
         self.last_checkpoint_at: float | None = None
 
     # -- what a subclass provides ------------------------------------------------------
 
     @abc.abstractmethod
-    def load(self) -> str:
-        """Load and verify the model (blocking; runs in a thread). Returns its version."""
+    def load(self) -> Any:
+        """Load and verify the model (blocking; runs in a thread).
+
+        Returns the model object, which must have a `version` string. Raise ArtifactError
+        (or another FactoryError) when the files are missing or do not match.
+        """
 
     @abc.abstractmethod
-    def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
-        """Score a batch (blocking; runs on the inference pool)."""
+    def score(self, records: Sequence[Any]) -> list[Prediction]:
+        """Score a batch with `self.model` (blocking; runs on the inference pool).
+
+        Calls are serialised per agent, so per-machine state needs no lock of its own.
+        """
+
+    def export_state(self) -> Any:
+        """Per-machine memory to checkpoint (msgpack-encodable builtins); None if none."""
+        return None
+
+    def import_state(self, state: Any) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Take back what export_state() gave, after a restart."""
+
+    @property
+    def model_version(self) -> str:
+        return getattr(self.model, "version", "") if self.model is not None else ""
 
     @abc.abstractmethod
     def make_alert(self, prediction: Prediction) -> Alert:
@@ -153,7 +177,7 @@ class BaseAgent(abc.ABC):
             return
         self.status, self.error = "starting", None
         try:
-            self.model_version = await asyncio.to_thread(self.load)
+            self.model = await asyncio.to_thread(self.load)
         except FactoryError as exc:
             # One broken model must not take the alarm system down with it: the agent
             # reports failed on /health and the rest of the process keeps serving.
@@ -196,21 +220,42 @@ class BaseAgent(abc.ABC):
         self.counters["restarts"] += 1
         await self.start()
 
+    async def reload(self) -> str:
+        """Load the model files again and swap them in between two batches.
+
+        Records keep flowing: the old model scores until the new one is verified and
+        loaded. A broken artifact raises FactoryError and the old model stays.
+        """
+        new = await asyncio.to_thread(self.load)
+        async with self._scoring:
+            old_version, self.model = self.model_version, new
+        self.counters["reloads"] += 1
+        if self.status == "failed":
+            self.status = "stopped"
+            await self.start()
+        log.info("%s: model reloaded %s -> %s", self.agent_id, old_version, self.model_version)
+        return self.model_version
+
     # -- scoring -----------------------------------------------------------------------
 
     async def _consume(self) -> None:
         assert self._sub is not None
         while True:
             try:
-                messages = await self._sub.get_many(64)
+                messages = await self._sub.get_many(self.ctx.max_batch, self.ctx.max_wait_s)
             except SubscriptionClosed:
                 return
-            records = [r for m in messages for r in self.records_of(m.payload)]
+            records = [r for m in messages for r in self.records_of(m)]
             for start in range(0, len(records), self.ctx.max_batch):
                 await self.process(records[start : start + self.ctx.max_batch])
 
-    def records_of(self, payload: Any) -> list[TelemetryRecord]:
-        """The records in one hub message on the input topic (a batch or a single one)."""
+    def records_of(self, message: Message) -> list[Any]:
+        """The items to score in one hub message on the input topic.
+
+        Telemetry arrives validated, as one record or a list; agents whose input needs the
+        topic (a PPE camera id) or decoding override this.
+        """
+        payload = message.payload
         return payload if isinstance(payload, list) else [payload]
 
     async def process(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
@@ -218,7 +263,8 @@ class BaseAgent(abc.ABC):
         if not records:
             return []
         try:
-            predictions = await self.ctx.inference.run(self.score, records, timing=self.latency)
+            async with self._scoring:
+                predictions = await self.ctx.inference.run(self.score, records, timing=self.latency)
         except Exception:
             self.counters["errors"] += len(records)
             if not self._failing:
@@ -241,9 +287,10 @@ class BaseAgent(abc.ABC):
         for p in predictions:
             self.history.append(p)
             self.counters[f"level_{p.level}"] += 1
-            if should_alert(self.last_levels.get(p.machine_id), p.level, minimum):
+            subject = p.machine_id if p.machine_id is not None else p.camera_id or ""
+            if should_alert(self.last_levels.get(subject), p.level, minimum):
                 alerts.append(self.make_alert(p))
-            self.last_levels[p.machine_id] = p.level
+            self.last_levels[subject] = p.level
         self.counters["predictions"] += len(predictions)
         self.counters["batches"] += 1
         self.counters["alerts"] += len(alerts)
@@ -269,6 +316,8 @@ class BaseAgent(abc.ABC):
         self.history.extend(cp.history)
         self.counters.update(cp.counters)
         self.last_levels.update(cp.last_levels)
+        if cp.state is not None:
+            self.import_state(cp.state)
         log.info("%s: restored %d predictions from checkpoint", self.agent_id, len(cp.history))
 
     def _snapshot(self) -> Checkpoint:
@@ -277,6 +326,7 @@ class BaseAgent(abc.ABC):
             history=list(self.history),
             counters=dict(self.counters),
             last_levels=dict(self.last_levels),
+            state=self.export_state(),
         )
 
     async def save_checkpoint(self) -> None:
@@ -323,12 +373,12 @@ class BaseAgent(abc.ABC):
 
     def machines(self) -> dict[str, Any]:
         by_level = Counter(self.last_levels.values())
-        ranked = sorted(self.last_levels.items(), key=lambda kv: (-RANK[kv[1]], kv[0]))
+        ranked = sorted(self.last_levels.items(), key=lambda kv: (-RANK[kv[1]], str(kv[0])))
         return {
             "count": len(self.last_levels),
             "by_level": {level: by_level.get(level, 0) for level in LEVELS},
             "worst_level": worst(list(self.last_levels.values())),
-            "worst": [{"machine_id": m, "level": lvl} for m, lvl in ranked[:5]],
+            "worst": [{"subject": m, "level": lvl} for m, lvl in ranked[:5]],
         }
 
     def stats(self) -> dict[str, Any]:
@@ -408,6 +458,15 @@ class BaseAgent(abc.ABC):
             detail = f"{self.agent_id} is {self.status}" + (f": {self.error}" if self.error else "")
             raise ApiError(503, "agent_unavailable", detail)
 
+    async def reload_route(self, _request: Request) -> Response:
+        try:
+            version = await self.reload()
+        except FactoryError as exc:
+            raise ApiError(
+                422, "reload_refused", f"{exc}; still serving {self.model_version or 'nothing'}"
+            ) from None
+        return json_response({"agent_id": self.agent_id, "model_version": version})
+
     async def health_route(self, _request: Request) -> Response:
         body = self.health()
         return json_response(body, 200 if body["healthy"] else 503)
@@ -451,5 +510,6 @@ class BaseAgent(abc.ABC):
             Route("/status", self.status_route),
             Route("/history", self.history_route),
             Route("/predict", self.predict_route, methods=["POST"]),
+            Route("/reload", self.reload_route, methods=["POST"]),
             WebSocketRoute("/ws", self.ws_route),
         ]

@@ -18,9 +18,10 @@ class PmAgent(BaseAgent):
     slug = "pm"
     settings: PmSettings
 
-    def load(self) -> str:
-        self.model = PmModel.load(self.ctx.models_dir)
-        return self.model.version
+    model: PmModel
+
+    def load(self) -> PmModel:
+        return PmModel.load(self.ctx.models_dir)
 
     def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
         probabilities, ruls = self.model.predict(features(columns_of(records)))
