@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,16 +83,21 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> None:
         if args.stdout:
 
-            async def sink(rows: list[dict[str, Any]], _first: int) -> None:
+            async def sink(rows: list[dict[str, Any]], _indices: list[int] | None) -> None:
                 sys.stdout.buffer.write(b"".join(encoder.encode(r) + b"\n" for r in rows))
                 sys.stdout.flush()
 
-            await Replay(replay_settings, sink, limit=args.count).run()
+            try:
+                await Replay(replay_settings, sink, limit=args.count).run()
+            except BrokenPipeError:
+                # The reader went away (`| head`): stop quietly, and keep Python's final
+                # flush of stdout from complaining about the closed pipe.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
         url = args.url or f"http://127.0.0.1:{settings.server.port}/api/ingest"
         async with httpx.AsyncClient(timeout=30) as client:
 
-            async def post(rows: list[dict[str, Any]], _first: int) -> None:
+            async def post(rows: list[dict[str, Any]], _indices: list[int] | None) -> None:
                 try:
                     response = await client.post(
                         url,

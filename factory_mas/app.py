@@ -109,8 +109,8 @@ def build_components(settings: Settings) -> Components:
     )
     intake = Intake(hub, settings.server.max_body_bytes)
 
-    async def to_hub(rows: list[dict[str, Any]], first_index: int) -> None:
-        await intake.accept(rows, replay.source, first_index=first_index)
+    async def to_hub(rows: list[dict[str, Any]], indices: list[int] | None) -> None:
+        await intake.accept(rows, replay.source, indices=indices)
 
     replay = Replay(settings.replay, to_hub)
     agents = build_agents(settings, ctx)

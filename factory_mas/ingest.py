@@ -38,18 +38,24 @@ class Intake:
         self.last_accepted_at = 0.0
 
     async def accept(
-        self, items: list[Any], source: str, topic: str = TELEMETRY_TOPIC, first_index: int = 0
+        self,
+        items: list[Any],
+        source: str,
+        topic: str = TELEMETRY_TOPIC,
+        indices: list[int] | None = None,
     ) -> tuple[int, list[Rejection]]:
         """Validate and publish; returns the number accepted and the rejections.
 
-        `first_index` numbers the rejections (a CSV reader passes the line number).
+        A rejection's index is the item's position, or `indices[position]` when given
+        (a CSV reader passes line numbers).
         """
         accepted = 0
         rejections: list[Rejection] = []
         for start in range(0, len(items), CHUNK):
             good, bad = parse_many(items[start : start + CHUNK], source)
             for r in bad:
-                r.index = (r.index or 0) + start + first_index
+                position = (r.index or 0) + start
+                r.index = indices[position] if indices else position
             if good:
                 await self.hub.publish(topic, good, origin=source)
                 accepted += len(good)

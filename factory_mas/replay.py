@@ -22,8 +22,8 @@ from .settings import ReplaySettings
 
 log = logging.getLogger(__name__)
 
-# (rows, index of the first row for error messages) -> awaitable
-Sink = Callable[[list[dict[str, Any]], int], Awaitable[Any]]
+# (rows, what to call each row in error messages, e.g. CSV line numbers) -> awaitable
+Sink = Callable[[list[dict[str, Any]], list[int] | None], Awaitable[Any]]
 # When the consumer stalled for longer than this, the schedule restarts from now instead of
 # bursting to catch up: a replay imitates a plant, and a plant does not send a backlog.
 _MAX_LAG_S = 1.0
@@ -65,7 +65,7 @@ class Replay:
             self.error = str(exc)
             log.error("replay stopped: %s", exc)
 
-    def batches(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    def batches(self) -> Iterator[tuple[list[int] | None, list[dict[str, Any]]]]:
         s = self.settings
         if s.csv:
             while True:
@@ -76,20 +76,18 @@ class Replay:
         # Unpaced, bigger batches cost the simulator and the hub less per record.
         ticks = _FAST_TICKS if s.rate == 0 else 1
         while True:
-            yield 0, sim.run(ticks).records()
+            yield None, sim.run(ticks).records()
 
     async def run(self) -> None:
         rate = self.settings.rate
         self.started_at = time.monotonic()
         next_at = self.started_at
-        for first_index, rows in self.batches():
+        for indices, rows in self.batches():
             if self.limit is not None:
                 rows = rows[: self.limit - self.sent]
             if self.retime:
-                now = datetime.now(UTC).isoformat()
-                for row in rows:
-                    row["timestamp"] = now
-            await self.sink(rows, first_index)
+                self._stamp_now(rows)
+            await self.sink(rows, indices)
             self.sent += len(rows)
             if self.limit is not None and self.sent >= self.limit:
                 return
@@ -101,6 +99,16 @@ class Replay:
                 await asyncio.sleep(max(0.0, delay))
             else:
                 await asyncio.sleep(0)  # let the rest of the loop run between batches
+
+    @staticmethod
+    def _stamp_now(rows: list[dict[str, Any]]) -> None:
+        now = datetime.now(UTC).isoformat()
+        for row in rows:
+            # Replace the timestamp under whatever spelling the source used (a CSV says
+            # "Timestamp"); adding a second one would make the record ambiguous.
+            for key in [k for k in row if isinstance(k, str) and k.lower() == "timestamp"]:
+                del row[key]
+            row["timestamp"] = now
 
     def stats(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started_at if self.started_at else 0.0

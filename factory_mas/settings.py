@@ -12,6 +12,7 @@ came from and what is allowed; `python -m factory_mas` prints exactly that line 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -235,6 +236,9 @@ def load_settings(
         raise SettingsError(_explain(exc, tree, sources)) from None
 
 
+_UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
+
+
 def _explain(exc: msgspec.ValidationError, tree: dict, sources: dict) -> str:
     text = str(exc)
     reason, _, where = text.partition(" - at `$")
@@ -250,11 +254,14 @@ def _explain(exc: msgspec.ValidationError, tree: dict, sources: dict) -> str:
     # item): name every source that set something inside it.
     inside = sorted({src for p, src in sources.items() if p[: len(path)] == path} or {"defaults"})
     origin = f"(from {', '.join(inside)})"
-    if reason.startswith("Object contains unknown field"):
+    unknown = _UNKNOWN.search(reason)
+    if unknown:
         known = sorted({p[len(path)] for p in LEAVES if p[: len(path)] == path})
+        key = ".".join((*path, unknown["name"]))
+        value = _get(tree, (*path, unknown["name"]))
         return (
-            f"bad setting: {reason} in [{dotted or 'top level'}] {origin}; "
-            f"known: {', '.join(known)}"
+            f"bad setting {key} = {value!r} {origin}: there is no such setting; "
+            f"known in [{dotted or 'top level'}]: {', '.join(known)}"
         )
     return f"bad setting [{dotted}] {origin}: {reason}"
 

@@ -52,7 +52,8 @@ def test_reload_swaps_the_model_without_dropping_records(server_factory, tmp_pat
     )
     status = server.get("/api/pm/status").json()
     assert status["counters"]["reloads"] == 1
-    versions = {p["model_version"] for p in server.get("/api/pm/history?limit=10000").json()["predictions"]}
+    history = server.get("/api/pm/history?limit=10000").json()["predictions"]
+    versions = {p["model_version"] for p in history}
     assert versions == {before, after}
 
 

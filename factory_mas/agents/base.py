@@ -217,8 +217,8 @@ class BaseAgent(abc.ABC):
 
     async def restart(self) -> None:
         await self.stop()
-        self.counters["restarts"] += 1
         await self.start()
+        self.counters["restarts"] += 1
 
     async def reload(self) -> str:
         """Load the model files again and swap them in between two batches.
@@ -308,6 +308,11 @@ class BaseAgent(abc.ABC):
             return
         if raw is None:
             return
+        # The checkpoint is the whole truth: on a restart of this same object, what is in
+        # memory was saved by stop() and must not be counted twice.
+        self.history.clear()
+        self.counters.clear()
+        self.last_levels.clear()
         try:
             cp = _checkpoint_decoder.decode(raw)
         except msgspec.DecodeError as exc:

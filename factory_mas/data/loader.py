@@ -19,30 +19,34 @@ class CsvError(FactoryError, ValueError):
     """The file cannot be read as telemetry at all (missing, unreadable, no known columns)."""
 
 
-def read_batches(path: Path, batch_size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """Yield (line number of the batch's first row, rows) in file order."""
+def read_batches(
+    path: Path, batch_size: int
+) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+    """Yield (the line number where each row starts, rows) in file order."""
     try:
         fh = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise CsvError(f"cannot open {path}: {exc.strerror}") from None
     with fh:
         reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        if not any(h and h.lower() in _ALIASES for h in header):
-            raise CsvError(f"{path}: the header {header[:5]} names none of the telemetry columns")
         batch: list[dict[str, Any]] = []
-        first_line = 2  # line 1 is the header
+        lines: list[int] = []
         try:
+            header = reader.fieldnames or []
+            if not any(h and h.lower() in _ALIASES for h in header):
+                raise CsvError(f"{path}: the header {header[:5]} names no telemetry column")
+            # A quoted cell may hold line breaks, so a row starts right after the last one.
+            ended = reader.line_num
             for row in reader:
                 # DictReader puts surplus cells under None; they are not ours to judge.
                 row.pop(None, None)  # type: ignore[call-overload]
-                if not batch:
-                    first_line = reader.line_num
                 batch.append(row)
+                lines.append(ended + 1)
+                ended = reader.line_num
                 if len(batch) >= batch_size:
-                    yield first_line, batch
-                    batch = []
+                    yield lines, batch
+                    batch, lines = [], []
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise CsvError(f"{path} line {reader.line_num}: {exc}") from None
+            raise CsvError(f"{path} line {reader.line_num + 1}: {exc}") from None
         if batch:
-            yield first_line, batch
+            yield lines, batch
