@@ -9,10 +9,11 @@ that fails to start unwinds the ones already started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,28 @@ from .settings import Settings
 from .store import Store
 
 log = logging.getLogger(__name__)
+JOURNAL_PRUNE_S = 30.0
+
+
+@asynccontextmanager
+async def every(interval_s: float, job: Callable[[], Awaitable[Any]]) -> AsyncIterator[None]:
+    """Run `job` every `interval_s` while the block runs; a failure is logged, not fatal."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except FactoryError as exc:
+                log.error("%s failed: %s", getattr(job, "__name__", "job"), exc)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @dataclass
@@ -75,6 +98,13 @@ class Components:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def prune_journal(self) -> int:
+        """Drop journal rows that every running agent's saved checkpoint covers."""
+        cursors = [a.durable_cursor for a in self.agents if a.status == "running"]
+        if not cursors or min(cursors) == 0:
+            return 0
+        return await self.store.inbox_prune(min(cursors))
+
     async def reload_models(self) -> None:
         for agent in self.agents:
             try:
@@ -107,7 +137,7 @@ def build_components(settings: Settings) -> Components:
         max_wait_s=settings.inference.max_wait_ms / 1000,
         max_body_bytes=settings.server.max_body_bytes,
     )
-    intake = Intake(hub, settings.server.max_body_bytes)
+    intake = Intake(hub, settings.server.max_body_bytes, store)
 
     async def to_hub(rows: list[dict[str, Any]], indices: list[int] | None) -> None:
         await intake.accept(rows, replay.source, indices=indices)
@@ -128,6 +158,7 @@ def build_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(c.inference)
             for agent in c.agents:
                 await stack.enter_async_context(agent)
+            await stack.enter_async_context(every(JOURNAL_PRUNE_S, c.prune_journal))
             if settings.replay.enabled:
                 await stack.enter_async_context(c.replay)
             loop = asyncio.get_running_loop()

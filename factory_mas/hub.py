@@ -92,6 +92,8 @@ class Message:
     # Who published it; the MQTT bridge uses it not to echo its own messages back.
     origin: str = ""
     protected: bool = False
+    # Position in the store's ingest journal; 0 for messages that were not journaled.
+    seq: int = 0
 
     @property
     def items(self) -> int:
@@ -275,13 +277,13 @@ class Hub:
                 self._protected_cache[topic] = flag
         return flag
 
-    async def publish(self, topic: str, payload: Any, origin: str = "") -> int:
+    async def publish(self, topic: str, payload: Any, origin: str = "", seq: int = 0) -> int:
         """Deliver to every matching subscription; returns how many got it.
 
         Waits while a BLOCK subscriber's queue is full: that wait is the back-pressure.
         """
         subs = self._route(topic)
-        message = Message(topic, payload, origin, self.is_protected(topic))
+        message = Message(topic, payload, origin, self.is_protected(topic), seq)
         self._count(message)
         for sub in subs:
             await sub._put(message)

@@ -8,10 +8,12 @@ published with their reason on sensors/factory/rejected. A bad record never stop
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,6 +22,7 @@ from .api import ApiError, json_response, read_json, rejected_response
 from .data.schema import parse_many
 from .hub import Hub
 from .messages import Rejection
+from .store import Store
 
 TELEMETRY_TOPIC = "sensors/factory/data"
 REJECTED_TOPIC = "sensors/factory/rejected"
@@ -29,9 +32,14 @@ CHUNK = 500
 
 
 class Intake:
-    def __init__(self, hub: Hub, max_body_bytes: int) -> None:
+    def __init__(self, hub: Hub, max_body_bytes: int, store: Store | None = None) -> None:
         self.hub = hub
         self.max_body_bytes = max_body_bytes
+        self.store = store
+        # Journal order must be publish order: an agent's checkpoint says "scored up to
+        # seq N", which is only true if nothing below N can still be on its way.
+        self._journal_lock = asyncio.Lock()
+        self._encoder = msgspec.msgpack.Encoder()
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.rejected_fields: Counter[str] = Counter()
@@ -43,11 +51,14 @@ class Intake:
         source: str,
         topic: str = TELEMETRY_TOPIC,
         indices: list[int] | None = None,
+        journal: bool = False,
     ) -> tuple[int, list[Rejection]]:
         """Validate and publish; returns the number accepted and the rejections.
 
-        A rejection's index is the item's position, or `indices[position]` when given
-        (a CSV reader passes line numbers).
+        With `journal`, good records are written to the store's inbox before they are
+        published, so once this returns they survive a crash. A rejection's index is the
+        item's position, or `indices[position]` when given (a CSV reader passes line
+        numbers).
         """
         accepted = 0
         rejections: list[Rejection] = []
@@ -57,7 +68,7 @@ class Intake:
                 position = (r.index or 0) + start
                 r.index = indices[position] if indices else position
             if good:
-                await self.hub.publish(topic, good, origin=source)
+                await self._publish(topic, good, source, journal)
                 accepted += len(good)
             if bad:
                 self.rejected_fields.update(r.field or "(record)" for r in bad)
@@ -68,6 +79,15 @@ class Intake:
         if accepted:
             self.last_accepted_at = time.time()
         return accepted, rejections
+
+    async def _publish(self, topic: str, records: list[Any], source: str, journal: bool) -> None:
+        if not journal or self.store is None:
+            await self.hub.publish(topic, records, origin=source)
+            return
+        data = self._encoder.encode(records)
+        async with self._journal_lock:
+            seq = await self.store.inbox_append(topic, source, data)
+            await self.hub.publish(topic, records, origin=source, seq=seq)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -84,7 +104,7 @@ class Intake:
         items = body if isinstance(body, list) else [body]
         if not items:
             raise ApiError(400, "empty_batch", "the array holds no records")
-        accepted, rejections = await self.accept(items, source="http")
+        accepted, rejections = await self.accept(items, source="http", journal=True)
         if not accepted:
             return rejected_response(rejections, single=False, accepted=0, rejected=len(rejections))
         return json_response(

@@ -6,6 +6,13 @@ event loop and the inference pool never wait on disk.
 
 Schema changes are numbered migrations applied in order at start-up; the applied version is
 kept in `schema_version`, so an old database is brought forward and a newer one is refused.
+The Table objects below are the current shape; a migration that creates a table which
+later changes must then spell out the old shape itself.
+
+The inbox is the ingest journal: telemetry accepted over HTTP (or MQTT) is written here
+before it is acknowledged, and agents record in their checkpoints how far they have
+scored it. After a crash each agent scores what its last checkpoint had not covered, so
+nothing acknowledged is lost; rows every agent has covered are pruned.
 """
 
 from __future__ import annotations
@@ -45,12 +52,30 @@ checkpoints = sa.Table(
 )
 
 
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("topic", sa.String(500), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    # Without AUTOINCREMENT SQLite reuses the numbers of deleted rows, and an agent whose
+    # cursor is past a reused number would skip new records after a restart.
+    sqlite_autoincrement=True,
+)
+
+
 def _v1(conn: Connection) -> None:
     schema_version.create(conn)
     checkpoints.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    inbox.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 
 
 def sqlite_url(path: Path) -> str:
@@ -156,6 +181,48 @@ class Store:
             return conn.execute(
                 sa.select(checkpoints.c.data).where(checkpoints.c.name == name)
             ).scalar()
+
+    async def inbox_append(self, topic: str, source: str, data: bytes) -> int:
+        """Journal one accepted message durably; returns its sequence number."""
+        return await self._run(self._inbox_append, topic, source, data)
+
+    def _inbox_append(self, topic: str, source: str, data: bytes) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                inbox.insert().values(
+                    topic=topic, source=source, received_at=time.time(), data=data
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    async def inbox_after(self, seq: int, limit: int = 500) -> list[tuple[int, str, bytes]]:
+        """Journal rows after `seq`, oldest first: (seq, topic, data)."""
+        return await self._run(self._inbox_after, seq, limit)
+
+    def _inbox_after(self, seq: int, limit: int) -> list[tuple[int, str, bytes]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(inbox.c.seq, inbox.c.topic, inbox.c.data)
+                .where(inbox.c.seq > seq)
+                .order_by(inbox.c.seq)
+                .limit(limit)
+            )
+            return [(r.seq, r.topic, r.data) for r in rows]
+
+    async def inbox_prune(self, upto: int) -> int:
+        """Forget journal rows up to and including `upto`; returns how many."""
+        return await self._run(self._inbox_prune, upto)
+
+    def _inbox_prune(self, upto: int) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(inbox.delete().where(inbox.c.seq <= upto)).rowcount
+
+    async def inbox_size(self) -> int:
+        return await self._run(self._inbox_size)
+
+    def _inbox_size(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() or 0)
 
     async def ping(self) -> bool:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import time
 
 from websockets.sync.client import connect
+
+from factory_mas.app import build_components
 
 from .conftest import REPO, record, wait_until
 
@@ -169,3 +172,42 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path):
     assert "server.port" in lines[0] and "'eighty'" in lines[0] and "PORT" in lines[0]
     assert "integer" in lines[0]
     assert (REPO / "settings.toml").exists()
+
+
+def test_kill_9_right_after_ingest_loses_no_accepted_record(server_factory):
+    # No checkpoint will come in time: only the ingest journal can save these records.
+    server = server_factory({"FACTORY_AGENTS_PM_CHECKPOINT_INTERVAL_S": "3600"})
+    accepted = []
+    for start in range(0, 300, 30):
+        batch = [record(m % 50 + 1, temperature_c=40 + m / 10) for m in range(start, start + 30)]
+        answer = server.post("/api/ingest", batch)
+        assert answer.status_code == 202
+        accepted.extend(batch)
+    server.stop(signal.SIGKILL)
+
+    again = server_factory(data_dir=server.data_dir)
+    history = again.get("/api/pm/history?limit=1000").json()["predictions"]
+    assert len(history) == len(accepted)
+    status = again.get("/api/pm/status").json()
+    assert status["journal"]["scored_up_to"] >= 10
+
+
+async def test_the_journal_is_pruned_once_checkpoints_cover_it(settings):
+    c = build_components(settings)
+    async with c.store, c.inference, c.agents[0] as agent:
+        for m in range(1, 6):
+            await c.intake.accept([record(m)], "http", journal=True)
+        assert await c.store.inbox_size() == 5
+
+        async def scored_all():
+            while agent.inbox_cursor < 5:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(scored_all(), 20)
+        assert await c.prune_journal() == 0  # nothing is checkpointed yet
+        await agent.save_checkpoint()
+        assert await c.prune_journal() == 5
+        assert await c.store.inbox_size() == 0
+        # New rows never reuse the numbers of pruned ones.
+        await c.intake.accept([record(9)], "http", journal=True)
+        assert (await c.store.inbox_after(0))[0][0] == 6

@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..api import ApiError, json_response, query_int, read_json, rejected_response
 from ..data.schema import parse_many
 from ..errors import FactoryError, StoreError
-from ..hub import Hub, Message, Subscription, SubscriptionClosed
+from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
 from ..inference import Inference, LatencyWindow
 from ..levels import RANK, should_alert, worst
 from ..messages import Alert, Prediction, Rejection, TelemetryRecord
@@ -66,6 +66,8 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     last_levels: dict[int | str, Level] = msgspec.field(default_factory=dict)
     # Whatever per-machine memory the agent keeps (LSTM windows, counters): its own shape.
     state: Any = None
+    # The ingest journal's sequence number up to which this checkpoint has scored.
+    inbox_cursor: int = 0
 
 
 _checkpoint_encoder = msgspec.msgpack.Encoder()
@@ -94,6 +96,8 @@ class BaseAgent(abc.ABC):
     agent_id: ClassVar[str]
     slug: ClassVar[str]
     input_filter: ClassVar[str] = "sensors/factory/data/#"
+    # What a journaled message on the input topic decodes to.
+    journal_type: ClassVar[Any] = list[TelemetryRecord]
 
     def __init__(self, settings: AgentSettings, ctx: AgentContext) -> None:
         self.settings = settings
@@ -114,6 +118,8 @@ class BaseAgent(abc.ABC):
         self._dirty = False
         self._failing = False
         self._scoring = asyncio.Lock()
+        self.inbox_cursor = 0  # journaled messages scored, in memory
+        self.durable_cursor = 0  # ... and as far as the saved checkpoint knows
         self.last_checkpoint_at: float | None = None
 
     # -- what a subclass provides ------------------------------------------------------
@@ -185,7 +191,10 @@ class BaseAgent(abc.ABC):
             log.error("%s: not started: %s", self.agent_id, exc)
             return
         await self._restore()
+        # Subscribe before reading the journal, so nothing falls between the two; what
+        # arrives twice is skipped by its sequence number.
         self._sub = self.ctx.hub.subscribe(self.input_filter, name=self.agent_id)
+        await self._catch_up()
         self._tasks = [
             asyncio.create_task(self._consume(), name=f"{self.agent_id}:consume"),
             asyncio.create_task(self._checkpoint_loop(), name=f"{self.agent_id}:checkpoint"),
@@ -245,9 +254,42 @@ class BaseAgent(abc.ABC):
                 messages = await self._sub.get_many(self.ctx.max_batch, self.ctx.max_wait_s)
             except SubscriptionClosed:
                 return
-            records = [r for m in messages for r in self.records_of(m)]
-            for start in range(0, len(records), self.ctx.max_batch):
-                await self.process(records[start : start + self.ctx.max_batch])
+            fresh = [m for m in messages if not m.seq or m.seq > self.inbox_cursor]
+            await self._process_all([r for m in fresh for r in self.records_of(m)])
+            # Messages arrive in journal order (Intake publishes under one lock).
+            self.inbox_cursor = max([self.inbox_cursor, *(m.seq for m in fresh)])
+
+    async def _process_all(self, records: list[Any]) -> None:
+        for start in range(0, len(records), self.ctx.max_batch):
+            await self.process(records[start : start + self.ctx.max_batch])
+
+    async def _catch_up(self) -> None:
+        """Score journaled records that the restored checkpoint had not covered."""
+        decoder = msgspec.msgpack.Decoder(self.journal_type)
+        scored = 0
+        try:
+            while rows := await self.ctx.store.inbox_after(self.inbox_cursor):
+                for seq, topic, data in rows:
+                    if matches(self.input_filter, topic):
+                        try:
+                            payload = decoder.decode(data)
+                        except msgspec.DecodeError as exc:
+                            log.error("%s: journal row %d unreadable: %s", self.agent_id, seq, exc)
+                        else:
+                            records = self.records_of(Message(topic, payload, "journal", seq=seq))
+                            await self._process_all(records)
+                            scored += len(records)
+                    self.inbox_cursor = seq
+        except StoreError as exc:
+            log.error(
+                "%s: journal not read, records since the checkpoint are not rescored: %s",
+                self.agent_id,
+                exc,
+            )
+        if scored:
+            log.info(
+                "%s: scored %d journaled records from before the restart", self.agent_id, scored
+            )
 
     def records_of(self, message: Message) -> list[Any]:
         """The items to score in one hub message on the input topic.
@@ -323,6 +365,7 @@ class BaseAgent(abc.ABC):
         self.last_levels.update(cp.last_levels)
         if cp.state is not None:
             self.import_state(cp.state)
+        self.inbox_cursor = self.durable_cursor = cp.inbox_cursor
         log.info("%s: restored %d predictions from checkpoint", self.agent_id, len(cp.history))
 
     def _snapshot(self) -> Checkpoint:
@@ -332,6 +375,7 @@ class BaseAgent(abc.ABC):
             counters=dict(self.counters),
             last_levels=dict(self.last_levels),
             state=self.export_state(),
+            inbox_cursor=self.inbox_cursor,
         )
 
     async def save_checkpoint(self) -> None:
@@ -346,6 +390,7 @@ class BaseAgent(abc.ABC):
             log.error("%s: checkpoint not saved: %s", self.agent_id, exc)
             return
         self.last_checkpoint_at = time.time()
+        self.durable_cursor = snapshot.inbox_cursor
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -398,6 +443,10 @@ class BaseAgent(abc.ABC):
                 "dropped": sum(c.dropped for c in self._clients),
             },
             "last_checkpoint_at": self.last_checkpoint_at,
+            "journal": {
+                "scored_up_to": self.inbox_cursor,
+                "checkpointed_up_to": self.durable_cursor,
+            },
             "machines": self.machines(),
             "settings": msgspec.to_builtins(self.settings),
         }
