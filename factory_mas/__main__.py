@@ -130,6 +130,17 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from .bench import report, run_inference_bench, write_json
+
+    results = run_inference_bench(settings, quick=args.quick)
+    print(report(results))
+    if args.json:
+        write_json(results, Path(args.json))
+        print(f"\nwritten to {args.json}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="factory_mas", description="Smart-factory multi-agent backend")
     p.add_argument("--version", action="version", version=__version__)
@@ -154,10 +165,18 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--machines", type=int, help="number of simulated machines")
     replay.add_argument("--seed", type=int, help="simulator seed")
     replay.add_argument("--count", type=int, help="stop after this many records")
+    bench = sub.add_parser("bench", help="measure scoring speed on this machine")
+    bench.add_argument(
+        "--inference",
+        action="store_true",
+        help="each agent's scoring, single and batched, and all together (the default)",
+    )
+    bench.add_argument("--quick", action="store_true", help="short runs, under a minute")
+    bench.add_argument("--json", help="also write the figures to this JSON file")
     return p
 
 
-COMMANDS = {"serve": cmd_serve, "train": cmd_train, "replay": cmd_replay}
+COMMANDS = {"serve": cmd_serve, "train": cmd_train, "replay": cmd_replay, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,10 +36,8 @@ def error_response(status: int, code: str, detail: str, **extra: Any) -> Respons
     return json_response({"error": code, "detail": detail, **extra}, status)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body decoded as JSON, or ApiError 413/415/400 saying what was wrong."""
-    # The content type is not checked: `curl -d` labels JSON as a form, and refusing it
-    # would only teach people to ignore our errors. The body must parse as JSON, that's all.
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw request body, or ApiError 413 as soon as it is known to be too large."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(
@@ -50,6 +48,14 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         body += chunk
         if len(body) > max_bytes:
             raise ApiError(413, "payload_too_large", f"body exceeds the limit of {max_bytes} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body decoded as JSON, or ApiError 413/400 saying what was wrong."""
+    # The content type is not checked: `curl -d` labels JSON as a form, and refusing it
+    # would only teach people to ignore our errors. The body must parse as JSON, that's all.
+    body = await read_body(request, max_bytes)
     if not body.strip():
         raise ApiError(400, "empty_body", "the request body is empty; send JSON")
     try:

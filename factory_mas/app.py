@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -161,10 +163,16 @@ def build_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(every(JOURNAL_PRUNE_S, c.prune_journal))
             if settings.replay.enabled:
                 await stack.enter_async_context(c.replay)
-            loop = asyncio.get_running_loop()
-            # SIGHUP reloads every model, the way daemons reread their files.
-            loop.add_signal_handler(signal.SIGHUP, lambda: c.spawn(c.reload_models()))
-            stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+            # SIGHUP reloads every model, the way daemons reread their files. Signals can
+            # only be handled on the main thread; a test harness may run us elsewhere.
+            if threading.current_thread() is threading.main_thread():
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGHUP, lambda: c.spawn(c.reload_models()))
+                stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+            # Models and settings live as long as the process: park them where the
+            # garbage collector no longer walks them on every full collection.
+            gc.collect()
+            gc.freeze()
             c.ready = True
             log.info("factory_mas %s ready", __version__)
             try:

@@ -116,3 +116,17 @@ def write_entry(
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, models_dir / MANIFEST)
     return entry
+
+
+def load_joblib(entry: ModelEntry, role: str) -> Any:
+    """Unpickle one verified file of an entry; ArtifactError if it cannot be read."""
+    import joblib
+
+    try:
+        return joblib.load(entry.paths[role])
+    except KeyError:
+        raise ArtifactError(
+            f"{entry.agent_id}: the manifest lists no {role!r} file; {RETRAIN}"
+        ) from None
+    except (OSError, ValueError, EOFError, ImportError, AttributeError) as exc:
+        raise ArtifactError(f"{entry.agent_id}: cannot load {entry.paths[role]}: {exc}") from exc

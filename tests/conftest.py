@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from factory_mas.agents.base import AgentContext
+from factory_mas.app import Components, build_app
 from factory_mas.hub import Hub
 from factory_mas.inference import Inference
 from factory_mas.settings import Settings, load_settings
@@ -74,6 +75,17 @@ async def agent_context(settings: Settings) -> AsyncIterator[AgentContext]:
             hub=hub, store=store, inference=inference, models_dir=settings.models_dir
         )
         hub.close()
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[Components, httpx.AsyncClient]]:
+    """The whole application in this event loop, started and stopped by its own lifespan,
+    with an HTTP client that calls it in process (no socket)."""
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://factory.test") as client:
+            yield app.state.components, client
 
 
 class Server:

@@ -19,6 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -255,7 +256,7 @@ class BaseAgent(abc.ABC):
             except SubscriptionClosed:
                 return
             fresh = [m for m in messages if not m.seq or m.seq > self.inbox_cursor]
-            await self._process_all([r for m in fresh for r in self.records_of(m)])
+            await self._process_all(await self.items_of(fresh))
             # Messages arrive in journal order (Intake publishes under one lock).
             self.inbox_cursor = max([self.inbox_cursor, *(m.seq for m in fresh)])
 
@@ -276,9 +277,11 @@ class BaseAgent(abc.ABC):
                         except msgspec.DecodeError as exc:
                             log.error("%s: journal row %d unreadable: %s", self.agent_id, seq, exc)
                         else:
-                            records = self.records_of(Message(topic, payload, "journal", seq=seq))
-                            await self._process_all(records)
-                            scored += len(records)
+                            items = await self.items_of(
+                                [Message(topic, payload, "journal", seq=seq)]
+                            )
+                            await self._process_all(items)
+                            scored += len(items)
                     self.inbox_cursor = seq
         except StoreError as exc:
             log.error(
@@ -291,14 +294,29 @@ class BaseAgent(abc.ABC):
                 "%s: scored %d journaled records from before the restart", self.agent_id, scored
             )
 
-    def records_of(self, message: Message) -> list[Any]:
-        """The items to score in one hub message on the input topic.
+    def predicted(
+        self, record: TelemetryRecord, now: datetime, level: Level, result: dict[str, Any]
+    ) -> Prediction:
+        """A prediction about one telemetry record, stamped with this agent and model."""
+        return Prediction(
+            agent_id=self.agent_id,
+            machine_id=record.machine_id,
+            record_ts=record.timestamp or now,
+            produced_at=now,
+            model_version=self.model_version,
+            level=level,
+            result=result,
+        )
 
-        Telemetry arrives validated, as one record or a list; agents whose input needs the
-        topic (a PPE camera id) or decoding override this.
+    async def items_of(self, messages: list[Message]) -> list[Any]:
+        """The items to score in a micro-batch of hub messages on the input topic.
+
+        Telemetry arrives validated, as one record or a list per message; an agent whose
+        input needs decoding (PPE frames) overrides this.
         """
-        payload = message.payload
-        return payload if isinstance(payload, list) else [payload]
+        return [
+            r for m in messages for r in (m.payload if isinstance(m.payload, list) else [m.payload])
+        ]
 
     async def process(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
         """Score, remember, alert and publish; returns the predictions."""
@@ -380,7 +398,9 @@ class BaseAgent(abc.ABC):
 
     async def save_checkpoint(self) -> None:
         self._dirty = False
-        snapshot = self._snapshot()
+        # Between two batches: score() may be changing per-machine state on a pool thread.
+        async with self._scoring:
+            snapshot = self._snapshot()
         # Encoding thousands of predictions takes milliseconds: off the event loop.
         data = await asyncio.to_thread(_checkpoint_encoder.encode, snapshot)
         try:

@@ -6,20 +6,16 @@ how the models do on machines they never saw, each with its own baseline.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.metrics import average_precision_score, mean_absolute_error, roc_auc_score
 
 from ..agents.pm.model import AGENT_ID, FAILURE_HORIZON_HOURS, FEATURES, RUL_CAP_HOURS, features
-from ..artifacts import write_entry
 from ..data.synthetic import FactorySimulator
-
-log = logging.getLogger(__name__)
+from .common import is_held_out, save_models
 
 
 def train_pm(
@@ -33,7 +29,7 @@ def train_pm(
     x = features(cols)[keep]
     rul = cols["rul_hours"][keep]
     fails = (rul <= FAILURE_HORIZON_HOURS).astype(np.int8)
-    held_out = cols["machine_id"][keep] > machines * 4 // 5
+    held_out = is_held_out(cols["machine_id"][keep], machines)
 
     rng = np.random.default_rng(seed)
     train_idx = np.flatnonzero(~held_out)
@@ -66,20 +62,11 @@ def train_pm(
         "test_rows": len(test_idx),
         "test_positive_rate": round(float(y.mean()), 4),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        "classifier": out_dir / "pm_classifier.joblib",
-        "regressor": out_dir / "pm_regressor.joblib",
-    }
-    joblib.dump(classifier, files["classifier"], compress=3)
-    joblib.dump(regressor, files["regressor"], compress=3)
-    entry = write_entry(
+    return save_models(
         out_dir,
         AGENT_ID,
-        files,
         FEATURES,
         metrics,
-        libraries=("scikit-learn",),
         training={
             "seed": seed,
             "simulated_machines": machines,
@@ -87,8 +74,10 @@ def train_pm(
             "step_minutes": 5.0,
             "failure_horizon_hours": FAILURE_HORIZON_HOURS,
             "rul_cap_hours": RUL_CAP_HOURS,
-            "held_out": f"machines {machines * 4 // 5 + 1}..{machines}",
+        },
+        machines=machines,
+        pickled={
+            "classifier": ("pm_classifier.joblib", classifier),
+            "regressor": ("pm_regressor.joblib", regressor),
         },
     )
-    log.info("pm_agent: %s", metrics)
-    return entry

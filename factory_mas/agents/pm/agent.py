@@ -32,14 +32,11 @@ class PmAgent(BaseAgent):
             in_maintenance = record.operation_mode == "Maintenance"
             level = logic.level_for(p, rul, in_maintenance, t)
             out.append(
-                Prediction(
-                    agent_id=self.agent_id,
-                    machine_id=record.machine_id,
-                    record_ts=record.timestamp or now,
-                    produced_at=now,
-                    model_version=self.model_version,
-                    level=level,
-                    result={
+                self.predicted(
+                    record,
+                    now,
+                    level,
+                    {
                         "failure_probability": round(p, 4),
                         "rul_hours": round(rul, 1),
                         "health_score": logic.health_score(p, rul, t),

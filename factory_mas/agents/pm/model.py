@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import joblib
 import numpy as np
 
-from ...artifacts import load_entry
-from ...errors import ArtifactError
+from ...artifacts import load_entry, load_joblib
+from ...forest import compile_forest
 
 AGENT_ID = "pm_agent"
 FEATURES: tuple[str, ...] = (
@@ -42,23 +42,15 @@ def features(columns: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 class PmModel:
-    def __init__(self, classifier, regressor, version: str) -> None:
-        self.classifier = classifier
-        self.regressor = regressor
+    def __init__(self, classifier: Any, regressor: Any, version: str) -> None:
+        self.classifier = compile_forest(classifier)
+        self.regressor = compile_forest(regressor)
         self.version = version
 
     @classmethod
     def load(cls, models_dir: Path) -> PmModel:
         entry = load_entry(models_dir, AGENT_ID, FEATURES)
-        try:
-            classifier = joblib.load(entry.paths["classifier"])
-            regressor = joblib.load(entry.paths["regressor"])
-        except (KeyError, OSError, ValueError, EOFError) as exc:
-            raise ArtifactError(f"{AGENT_ID}: cannot load the model files: {exc}") from exc
-        # Parallelism comes from the shared inference pool; nested joblib workers per call
-        # would only fight it for the two cores.
-        classifier.n_jobs = regressor.n_jobs = 1
-        return cls(classifier, regressor, entry.version)
+        return cls(load_joblib(entry, "classifier"), load_joblib(entry, "regressor"), entry.version)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Failure probability within the horizon, and remaining useful life in hours."""

@@ -1,0 +1,58 @@
+"""What every trainer shares: the held-out split and how a model's files are saved."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from ..artifacts import write_entry
+
+log = logging.getLogger(__name__)
+
+
+def held_out_from(machines: int) -> int:
+    """The first machine id of the held-out fifth: metrics come from machines never seen
+    in training, each with its own baseline, as a new line in a plant would be."""
+    return machines * 4 // 5 + 1
+
+
+def is_held_out(machine_id: np.ndarray, machines: int) -> np.ndarray:
+    return machine_id >= held_out_from(machines)
+
+
+def save_models(
+    out_dir: Path,
+    agent_id: str,
+    features: Sequence[str],
+    metrics: Mapping[str, Any],
+    training: Mapping[str, Any],
+    machines: int,
+    pickled: Mapping[str, tuple[str, Any]] | None = None,
+    written: Mapping[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Pickle `pickled` ({role: (file name, object)}), add the `written` files, and record
+    all of them with metrics in the manifest. Returns the manifest entry."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = dict(written or {})
+    for role, (name, obj) in (pickled or {}).items():
+        files[role] = out_dir / name
+        # compress=3 keeps forests small enough to commit; zlib output is deterministic.
+        joblib.dump(obj, files[role], compress=3)
+    entry = write_entry(
+        out_dir,
+        agent_id,
+        files,
+        features,
+        metrics,
+        # Served models need scikit-learn at the version that pickled them. TensorFlow
+        # only made the .tflite files, so it is recorded in `training`, not required.
+        libraries=("scikit-learn",),
+        training={**training, "held_out": f"machines {held_out_from(machines)}..{machines}"},
+    )
+    log.info("%s: %s", agent_id, metrics)
+    return entry
