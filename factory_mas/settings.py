@@ -104,8 +104,151 @@ class PmSettings(AgentSettings):
             )
 
 
+class EnergySettings(AgentSettings):
+    # The anomaly score is calibrated at training so that 0.5 is the cut that best separated
+    # power surges (injected anomalies, electrical faults); raise it for fewer, surer alarms.
+    anomaly_score_threshold: Probability = 0.5
+    # An anomaly drawing this multiple of its forecast or more is CRITICAL (else WARNING).
+    critical_forecast_ratio: Annotated[float, Meta(gt=1)] = 2.0
+    # An anomaly this far above its forecast (or above the machine's usual level), or this
+    # far below the forecast, earns a recommendation saying so.
+    above_forecast_pct: PositiveFloat = 25.0
+    # Idle drawing this share of the machine's own Active level is waste (CAUTION).
+    idle_waste_ratio: Annotated[float, Meta(gt=0, le=2)] = 0.8
+    # Good units per kWh that score efficiency 100. The simulated plant labels rows Low
+    # below 39 units/kWh, which is 65 on this scale: the default hint threshold below.
+    efficiency_reference_units_per_kwh: PositiveFloat = 60.0
+    # An Active machine below this efficiency score earns a recommendation.
+    efficiency_low_score: Annotated[float, Meta(ge=0, le=100)] = 65.0
+
+    def __post_init__(self) -> None:
+        # A CRITICAL reading must always come with the recommendation that explains it.
+        if self.above_forecast_pct > (self.critical_forecast_ratio - 1) * 100:
+            raise ValueError(
+                f"above_forecast_pct ({self.above_forecast_pct}) must not exceed the excess "
+                f"that critical_forecast_ratio ({self.critical_forecast_ratio}) calls "
+                f"critical, {(self.critical_forecast_ratio - 1) * 100:g}%"
+            )
+
+
+HazardType = Literal["FIRE_RISK", "MECHANICAL_HAZARD", "ELECTRICAL_HAZARD"]
+
+
+class CyberSettings(AgentSettings):
+    # Threat rises with the run of anomalous records of one machine: one odd reading is
+    # often a glitch, three in a row (three minutes at one record a minute) is a pattern,
+    # ten is a sustained attack.
+    medium_after_anomalies: PositiveInt = 1
+    high_after_anomalies: PositiveInt = 3
+    critical_after_anomalies: PositiveInt = 10
+    level_low: Level = "NORMAL"
+    level_medium: Level = "CAUTION"
+    level_high: Level = "WARNING"
+    level_critical: Level = "CRITICAL"
+    # Robust z-score (median/MAD) from which a feature is named as an indicator; 3.5 is
+    # the usual outlier cut for modified z-scores (Iglewicz and Hoaglin).
+    indicator_zscore: PositiveFloat = 3.5
+
+    def __post_init__(self) -> None:
+        runs = (self.medium_after_anomalies, self.high_after_anomalies)
+        if not runs[0] < runs[1] < self.critical_after_anomalies:
+            raise ValueError(
+                "medium_after_anomalies < high_after_anomalies < critical_after_anomalies must "
+                f"hold, got {runs[0]} / {runs[1]} / {self.critical_after_anomalies}"
+            )
+        levels = (self.level_low, self.level_medium, self.level_high, self.level_critical)
+        ranks = [LEVELS.index(level) for level in levels]
+        if ranks != sorted(ranks):
+            raise ValueError(
+                "level_low, level_medium, level_high, level_critical must not decrease, got "
+                + " / ".join(levels)
+            )
+
+
+class SafetySettings(AgentSettings):
+    # hazard_score = 1 - P(no hazard). From 0.5 a hazard is likelier than not: alert.
+    hazard_score_caution: Probability = 0.3
+    hazard_score_warning: Probability = 0.5
+    hazard_score_critical: Probability = 0.7
+    hazard_score_emergency: Probability = 0.9
+    # Hazards that threaten the whole area, not only the machine: at the emergency score
+    # they mean evacuation. Others at that score stay CRITICAL (stop the machine).
+    evacuate_for: list[HazardType] = field(
+        default_factory=lambda: ["FIRE_RISK", "ELECTRICAL_HAZARD"]
+    )
+
+    def __post_init__(self) -> None:
+        cuts = (
+            self.hazard_score_caution,
+            self.hazard_score_warning,
+            self.hazard_score_critical,
+            self.hazard_score_emergency,
+        )
+        if not cuts[0] < cuts[1] < cuts[2] < cuts[3]:
+            raise ValueError(
+                "hazard_score_caution < _warning < _critical < _emergency must hold, got "
+                + " / ".join(map(str, cuts))
+            )
+
+
+PpeItem = Literal["helmet", "boots", "pants", "shirt"]
+
+
+class PpeSettings(AgentSettings):
+    # Empty: the CNN shipped in artifacts/. Otherwise an operator's own .tflite and its
+    # labels file; both or neither.
+    model_path: str = ""
+    labels_path: str = ""
+    # A frame shows an item when the model's probability for it reaches this.
+    threshold: Probability = 0.5
+    # An item counts as worn when seen in at least min_worn_frames of a camera's last
+    # window_frames frames: a head turned away for a frame or two is not a violation.
+    window_frames: Annotated[int, Meta(ge=1, le=100)] = 5
+    min_worn_frames: Annotated[int, Meta(ge=1, le=100)] = 3
+    # Once flagged missing, an item counts as worn again only when seen in this many of the
+    # last window_frames frames. One more than min_worn_frames: a helmet the model sees in
+    # every other frame is then one violation, not a new alert every second frame.
+    clear_worn_frames: Annotated[int, Meta(ge=1, le=100)] = 4
+    # Hard hat and safety boots guard against falling objects, crushing and punctures,
+    # injuries that maim at once: a worker without them is stopped now (CRITICAL). Without
+    # work trousers or a shirt the skin is exposed to burns and cuts: a supervisor sees
+    # to it within the shift (WARNING).
+    critical_items: list[PpeItem] = field(default_factory=lambda: ["helmet", "boots"])
+    critical_level: Level = "CRITICAL"
+    missing_level: Level = "WARNING"
+    max_image_bytes: Annotated[int, Meta(ge=1024, le=100_000_000)] = 8_000_000
+    # Checked from the image header before decoding: a small PNG can unpack to gigabytes.
+    max_image_pixels: Annotated[int, Meta(ge=4096, le=50_000_000)] = 20_000_000
+    camera_machines: dict[str, Annotated[int, Meta(ge=1, le=1_000_000)]] = field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if not self.min_worn_frames <= self.clear_worn_frames <= self.window_frames:
+            raise ValueError(
+                "min_worn_frames <= clear_worn_frames <= window_frames must hold, got "
+                f"{self.min_worn_frames} / {self.clear_worn_frames} / {self.window_frames}"
+            )
+        if bool(self.model_path) != bool(self.labels_path):
+            raise ValueError("model_path and labels_path go together: set both or neither")
+        if LEVELS.index(self.critical_level) < LEVELS.index(self.missing_level):
+            raise ValueError(
+                f"critical_level {self.critical_level} must not be below missing_level "
+                f"{self.missing_level}"
+            )
+        machines = list(self.camera_machines.values())
+        if len(machines) != len(set(machines)):
+            # Alerts are raised per subject (the machine when there is one): two cameras on
+            # one machine would reset each other's level and re-alert on every frame.
+            raise ValueError(f"camera_machines maps two cameras to one machine: {machines}")
+
+
 class AgentsSettings(_Section):
     pm: PmSettings = field(default_factory=PmSettings)
+    energy: EnergySettings = field(default_factory=EnergySettings)
+    cyber: CyberSettings = field(default_factory=CyberSettings)
+    safety: SafetySettings = field(default_factory=SafetySettings)
+    ppe: PpeSettings = field(default_factory=PpeSettings)
 
 
 class Settings(_Section):
@@ -170,6 +313,8 @@ def describe(t: mi.Type) -> str:
         return kind + (" " + " and ".join(bounds) if bounds else "")
     if isinstance(t, mi.ListType):
         return "a list (comma-separated in an environment variable)"
+    if isinstance(t, mi.DictType):
+        return "a table (key=value pairs, comma-separated, in an environment variable)"
     if isinstance(t, mi.StrType):
         return "a string"
     return type(t).__name__
@@ -192,6 +337,9 @@ def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
 def _env_value(raw: str, t: mi.Type) -> Any:
     if isinstance(t, mi.ListType):
         return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(t, mi.DictType):
+        pairs = (item.partition("=") for item in raw.split(",") if item.strip())
+        return {key.strip(): value.strip() for key, _, value in pairs}
     if isinstance(t, mi.LiteralType) and all(isinstance(v, str) for v in t.values):
         # LOG_LEVEL=INFO and log_level="info" are both common spellings.
         for v in t.values:
@@ -243,6 +391,8 @@ def _explain(exc: msgspec.ValidationError, tree: dict, sources: dict) -> str:
     text = str(exc)
     reason, _, where = text.partition(" - at `$")
     dotted = where.rstrip("`").lstrip(".")
+    # An item of a list or table ("cors_origins[0]") is blamed on its setting.
+    dotted = re.sub(r"\[[^\]]*\]", "", dotted)
     path = tuple(dotted.split(".")) if dotted else ()
     if path in LEAVES:
         value = _get(tree, path)

@@ -56,7 +56,9 @@ def test_rows_do_not_influence_each_other():
     assert np.array_equal(together, alone)
 
 
-@pytest.mark.parametrize("path", ["pm_classifier.joblib", "pm_regressor.joblib"])
+@pytest.mark.parametrize(
+    "path", ["pm_classifier.joblib", "pm_regressor.joblib", "safety_classifier.joblib"]
+)
 def test_the_committed_models_compile_exactly(path):
     model = joblib.load(ARTIFACTS / path)
     probe = RNG.random((300, model.n_features_in_)) * 100

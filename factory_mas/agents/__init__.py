@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from ..settings import Settings
 from .base import AgentContext, BaseAgent
+from .cyber.agent import CyberAgent
+from .energy.agent import EnergyAgent
 from .pm.agent import PmAgent
+from .ppe.agent import PpeAgent
+from .safety.agent import SafetyAgent
 
 
 def build_agents(settings: Settings, ctx: AgentContext) -> list[BaseAgent]:
@@ -12,4 +16,8 @@ def build_agents(settings: Settings, ctx: AgentContext) -> list[BaseAgent]:
     a = settings.agents
     return [
         PmAgent(a.pm, ctx),
+        EnergyAgent(a.energy, ctx),
+        CyberAgent(a.cyber, ctx),
+        SafetyAgent(a.safety, ctx),
+        PpeAgent(a.ppe, ctx),
     ]

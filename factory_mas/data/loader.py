@@ -19,9 +19,7 @@ class CsvError(FactoryError, ValueError):
     """The file cannot be read as telemetry at all (missing, unreadable, no known columns)."""
 
 
-def read_batches(
-    path: Path, batch_size: int
-) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+def read_batches(path: Path, batch_size: int) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
     """Yield (the line number where each row starts, rows) in file order."""
     try:
         fh = path.open(newline="", encoding="utf-8-sig")

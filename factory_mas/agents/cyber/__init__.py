@@ -1,0 +1,1 @@
+"""cyber_agent: network anomalies per machine, escalating with their persistence."""

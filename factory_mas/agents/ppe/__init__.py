@@ -1,0 +1,1 @@
+"""ppe_agent: helmet, boots, pants and shirt on camera frames, smoothed per camera."""

@@ -1,0 +1,1 @@
+"""safety_agent: fire, mechanical and electrical hazards per record."""
