@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ...messages import Alert, OperationMode, Prediction, TelemetryRecord
 from ...settings import EnergySettings
@@ -74,38 +75,41 @@ class EnergyAgent(BaseAgent):
     def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
         model, t = self.model, self.settings
         window, n = model.window, len(records)
-        history = np.zeros((n, window, 3))
-        history[:, :, 1] = EMPTY
         mode = np.array([MODE_CODE[r.operation_mode] for r in records], np.int64)
         power = np.array([r.power_consumption_kw for r in records])
         speed = np.array([r.production_speed for r in records])
+        history = np.empty((n, window, 3))
         baseline = np.empty(n)
         active_baseline = np.empty(n)
-        # Row by row in arrival order, so a machine's second record in a batch sees its
-        # first, exactly as when the records come one at a time. The memory is committed
-        # only once the models have answered: a failed batch leaves it as it was.
-        touched: dict[int, _Memory] = {}
+        rows_of: dict[int, list[int]] = {}
         for i, r in enumerate(records):
-            memory = touched.get(r.machine_id)
-            if memory is None:
-                known = self.memory.get(r.machine_id)
-                memory = (
-                    known.copy(window)
-                    if known is not None
-                    else _Memory(deque(maxlen=window), [math.nan] * len(MODES))
-                )
-                touched[r.machine_id] = memory
-            if memory.window:
-                history[i, window - len(memory.window) :] = memory.window
-            code = int(mode[i])
-            before = memory.baseline_kw[code]
-            baseline[i] = before
-            active_baseline[i] = memory.baseline_kw[_ACTIVE]
-            memory.window.append((float(power[i]), code, float(speed[i])))
-            reading = float(power[i])
-            memory.baseline_kw[code] = (
-                reading if math.isnan(before) else next_baseline(before, reading, model.scaling)
+            rows_of.setdefault(r.machine_id, []).append(i)
+        # Machine by machine, each machine's records in arrival order, so its second record
+        # in a batch sees its first, exactly as when records come one at a time. Windows
+        # are cut from one array per machine instead of being copied record by record.
+        # The memory is committed only once the models have answered: a failed batch
+        # leaves it as it was.
+        touched: dict[int, _Memory] = {}
+        for machine_id, rows in rows_of.items():
+            known = self.memory.get(machine_id)
+            memory = (
+                known.copy(window)
+                if known is not None
+                else _Memory(deque(maxlen=window), [math.nan] * len(MODES))
             )
+            touched[machine_id] = memory
+            new = [(float(power[i]), int(mode[i]), float(speed[i])) for i in rows]
+            pad = [(0.0, EMPTY, 0.0)] * (window - len(memory.window))
+            steps = np.array(pad + list(memory.window) + new, np.float64)
+            history[rows] = sliding_window_view(steps, (window, 3))[: len(rows), 0]
+            memory.window.extend(new)
+            for i, (reading, code, _) in zip(rows, new, strict=True):
+                before = memory.baseline_kw[code]
+                baseline[i] = before
+                active_baseline[i] = memory.baseline_kw[_ACTIVE]
+                memory.baseline_kw[code] = (
+                    reading if math.isnan(before) else next_baseline(before, reading, model.scaling)
+                )
 
         forecast = model.forecast(history, mode, speed)
         baseline = np.where(np.isnan(baseline), forecast, baseline)
