@@ -35,7 +35,7 @@ from .errors import FactoryError
 from .hub import Hub
 from .inference import Inference
 from .ingest import Intake
-from .replay import Replay
+from .replay import CameraReplay, Replay
 from .settings import Settings
 from .store import Store
 
@@ -73,6 +73,7 @@ class Components:
     intake: Intake
     agents: list[BaseAgent]
     replay: Replay
+    cameras: CameraReplay
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -120,7 +121,10 @@ class Components:
             "uptime_s": round(time.time() - self.started_at, 1),
             "store": {"url": self.store.safe_url, "schema_version": self.store.version},
             "ingest": self.intake.stats(),
-            "replay": self.replay.stats() if self.settings.replay.enabled else {"running": False},
+            "replay": {
+                **(self.replay.stats() if self.settings.replay.enabled else {"running": False}),
+                "cameras": self.cameras.stats(),
+            },
             "agents": {a.agent_id: a.stats() for a in self.agents},
             "hub": self.hub.stats(),
         }
@@ -145,8 +149,13 @@ def build_components(settings: Settings) -> Components:
         await intake.accept(rows, replay.source, indices=indices)
 
     replay = Replay(settings.replay, to_hub)
+
+    async def frame_to_hub(topic: str, jpeg: bytes) -> None:
+        await hub.publish(topic, jpeg, origin="replay")
+
+    cameras = CameraReplay(settings.replay, frame_to_hub)
     agents = build_agents(settings, ctx)
-    return Components(settings, hub, store, inference, intake, agents, replay)
+    return Components(settings, hub, store, inference, intake, agents, replay, cameras)
 
 
 def build_app(settings: Settings) -> Starlette:
@@ -163,6 +172,8 @@ def build_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(every(JOURNAL_PRUNE_S, c.prune_journal))
             if settings.replay.enabled:
                 await stack.enter_async_context(c.replay)
+                if settings.replay.cameras:
+                    await stack.enter_async_context(c.cameras)
             # SIGHUP reloads every model, the way daemons reread their files. Signals can
             # only be handled on the main thread; a test harness may run us elsewhere.
             if threading.current_thread() is threading.main_thread():

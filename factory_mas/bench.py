@@ -97,7 +97,7 @@ def camera_frames(n: int, side: int = 480) -> list[bytes]:
     import numpy as np
     from PIL import Image
 
-    from .training.ppe_images import render_worker
+    from .data.ppe_images import render_worker
 
     rng = np.random.default_rng(5)
     frames = []

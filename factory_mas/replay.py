@@ -1,7 +1,9 @@
-"""The replay publisher: a steady stream of telemetry from the simulator or a CSV file.
+"""The replay publisher: a steady stream of telemetry from the simulator or a CSV file,
+and frames from simulated cameras.
 
-On by default in `serve`, so a new user sees all machines live at once. The same class
-drives `python -m factory_mas replay`, which sends the stream to a running server instead.
+On by default in `serve`, so a new user sees all machines (and the PPE agent) live at once.
+The same Replay class drives `python -m factory_mas replay`, which sends the stream to a
+running server instead.
 """
 
 from __future__ import annotations
@@ -120,3 +122,79 @@ class Replay:
             "rate_actual": round(self.sent / elapsed, 1) if elapsed > 0 else 0.0,
             "error": self.error,
         }
+
+
+# Per camera and frame: how likely a worker shows up without one item, and for how many
+# frames. Rare and short, like a real site, yet often enough to see an episode in minutes.
+_VIOLATION_CHANCE = 0.01
+_VIOLATION_FRAMES = (8, 30)
+_CAMERA_SIDE = 128
+
+
+class CameraReplay:
+    """Frames of a worker in front of each simulated camera, as JPEG bytes on
+    sensors/factory/ppe/<camera>; now and then the worker lacks an item for a while."""
+
+    def __init__(self, settings: ReplaySettings, publish: Callable[[str, bytes], Awaitable[Any]]):
+        self.settings = settings
+        self.publish = publish
+        self.sent = 0
+        self._task: asyncio.Task | None = None
+
+    @property
+    def cameras(self) -> list[str]:
+        return [f"cam-{i}" for i in range(1, self.settings.cameras + 1)]
+
+    async def __aenter__(self) -> CameraReplay:
+        self._task = asyncio.create_task(self.run(), name="camera-replay")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self, frames: int | None = None) -> None:
+        import numpy as np
+
+        from .agents.ppe.logic import ITEMS
+
+        rng = np.random.default_rng(self.settings.seed)
+        missing: dict[str, tuple[int, int]] = {}  # camera -> (item index, frames left)
+        interval = 1.0 / self.settings.camera_fps
+        next_at = time.monotonic()
+        while frames is None or self.sent < frames:
+            for camera in self.cameras:
+                item, left = missing.get(camera, (-1, 0))
+                if left == 0 and rng.random() < _VIOLATION_CHANCE:
+                    item = int(rng.integers(len(ITEMS)))
+                    left = int(rng.integers(*_VIOLATION_FRAMES))
+                missing[camera] = (item, max(0, left - 1))
+                worn = [not (left > 0 and i == item) for i in range(len(ITEMS))]
+                # Rendering takes several milliseconds: off the event loop.
+                jpeg = await asyncio.to_thread(_render_jpeg, rng, worn)
+                await self.publish(f"sensors/factory/ppe/{camera}", jpeg)
+                self.sent += 1
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "cameras": self.cameras,
+            "fps": self.settings.camera_fps,
+            "running": self._task is not None and not self._task.done(),
+            "sent": self.sent,
+        }
+
+
+def _render_jpeg(rng: Any, worn: list[bool]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    from .data.ppe_images import render_worker
+
+    out = io.BytesIO()
+    Image.fromarray(render_worker(rng, worn, size=_CAMERA_SIDE)).save(out, "JPEG", quality=85)
+    return out.getvalue()

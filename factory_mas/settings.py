@@ -79,6 +79,9 @@ class ReplaySettings(_Section):
     # A CSV file (the Kaggle dataset's header names) replayed instead of synthetic data.
     csv: str = ""
     loop: bool = True
+    # Simulated cameras sending frames of workers to the PPE agent; 0 = none.
+    cameras: Annotated[int, Meta(ge=0, le=100)] = 2
+    camera_fps: Annotated[float, Meta(gt=0, le=100)] = 1.0
 
 
 class AgentSettings(_Section):

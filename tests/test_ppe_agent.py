@@ -25,10 +25,10 @@ from PIL import Image
 from factory_mas.agents.ppe.agent import PpeAgent
 from factory_mas.agents.ppe.model import PpeModel
 from factory_mas.app import Components
+from factory_mas.data.ppe_images import render_worker
 from factory_mas.errors import ArtifactError
 from factory_mas.inference import LiteRtModel
 from factory_mas.settings import Settings, load_settings
-from factory_mas.training.ppe_images import render_worker
 
 from .conftest import ARTIFACTS, REPO, running_app
 from .test_agent_contract import collect, drain

@@ -15,7 +15,7 @@ import pytest
 from factory_mas.data.schema import CSV_HEADERS, parse_record
 from factory_mas.hub import Hub, Subscription
 from factory_mas.ingest import REJECTED_TOPIC, TELEMETRY_TOPIC, Intake
-from factory_mas.replay import Replay
+from factory_mas.replay import CameraReplay, Replay
 from factory_mas.settings import ReplaySettings
 
 TIMEOUT_S = 15.0
@@ -237,3 +237,46 @@ async def test_a_csv_that_is_not_utf8_sets_the_error_and_does_not_raise(tmp_path
         await until(lambda: not replay.stats()["running"], "the replay task to end")
         assert replay.error is not None, "the replay died without saying why"
         assert "latin1.csv" in replay.error
+
+
+async def test_simulated_cameras_feed_the_ppe_agent(settings):
+    import msgspec
+
+    from .conftest import running_app
+
+    replay = msgspec.structs.replace(
+        settings.replay, enabled=True, rate=10.0, cameras=2, camera_fps=20.0
+    )
+    async with running_app(msgspec.structs.replace(settings, replay=replay)) as (_, client):
+
+        async def cameras_seen() -> set[str]:
+            while True:
+                body = (await client.get("/api/ppe/history?limit=500")).json()
+                seen = {p["camera_id"] for p in body["predictions"]}
+                if seen >= {"cam-1", "cam-2"}:
+                    return seen
+                await asyncio.sleep(0.05)
+
+        assert await asyncio.wait_for(cameras_seen(), TIMEOUT_S) == {"cam-1", "cam-2"}
+        status = (await client.get("/status")).json()
+        assert status["replay"]["cameras"]["sent"] >= 2
+        prediction = (await client.get("/api/ppe/history?limit=1")).json()["predictions"][0]
+        assert set(prediction["result"]["probabilities"]) == {"helmet", "boots", "pants", "shirt"}
+
+
+async def test_camera_frames_are_decodable_jpegs_at_the_asked_count():
+    from factory_mas.agents.ppe.frames import Limits, frames_of_payload
+
+    sent: list[bytes] = []
+
+    async def keep(_topic: str, jpeg: bytes) -> None:
+        sent.append(jpeg)
+
+    await asyncio.wait_for(
+        CameraReplay(ReplaySettings(cameras=3, camera_fps=1000.0), keep).run(frames=30),
+        TIMEOUT_S,
+    )
+    assert len(sent) == 30
+    limits = Limits(max_bytes=10**7, max_pixels=10**7, size=(64, 64))
+    frames = [f for jpeg in sent for f in frames_of_payload(jpeg, "cam", limits)]
+    assert len(frames) == 30 and all(f.pixels.shape == (64, 64, 3) for f in frames)

@@ -22,8 +22,8 @@ import numpy as np
 from ..agents.ppe.logic import ITEMS
 from ..agents.ppe.model import AGENT_ID, FEATURES, LABELS_FILE, MODEL_FILE
 from ..artifacts import write_entry
+from ..data.ppe_images import render_set
 from ..inference import LiteRtModel
-from .ppe_images import render_set
 
 log = logging.getLogger(__name__)
 
