@@ -30,7 +30,7 @@ from starlette.routing import Mount
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from factory_mas.agents.base import AgentContext, BaseAgent, _WsClient
+from factory_mas.agents.base import EVERYTHING, AgentContext, BaseAgent, _WsClient
 from factory_mas.agents.pm import logic
 from factory_mas.agents.pm.agent import PmAgent
 from factory_mas.api import EXCEPTION_HANDLERS
@@ -382,8 +382,8 @@ class AgentContract:
         s = msgspec.structs.replace(agent_settings, ws_queue_size=queue_size)
         async with self.agent_class(s, ctx) as agent:
             # The object the WS route creates per connection; this one's reader never runs.
-            stalled = _WsClient(None, queue_size)
-            reading = _WsClient(None, 10_000)
+            stalled = _WsClient(EVERYTHING, queue_size)
+            reading = _WsClient(EVERYTHING, 10_000)
             agent._clients.update({stalled, reading})
             batches = [validated(self.make_records(1, m)) for m in range(1, 11)]
             for batch in batches:

@@ -310,7 +310,7 @@ async def test_frames_on_the_hub_are_scored_per_camera(tmp_path: Path) -> None:
         encode(render(EQUIPPED, 701), "JPEG"),
         encode(render(EQUIPPED, 702)),
     )
-    async with running_app(settings) as (components, _):
+    async with running_app(settings) as (components, client):
         hub = components.hub
         predictions = hub.subscribe("predictions/ppe_agent", name="test")
         rejected = hub.subscribe("sensors/factory/rejected", name="test-rejected")
@@ -326,6 +326,8 @@ async def test_frames_on_the_hub_are_scored_per_camera(tmp_path: Path) -> None:
         refused = await collect(rejected, 2)
         agent = ppe_agent(components)
         assert agent.status == "running"
+        by_camera = (await client.get(f"{PPE}/history", params={"camera_id": "cam7"})).json()
+        by_machine = (await client.get(f"{PPE}/history", params={"machine_id": 12})).json()
 
     assert [(p.camera_id, p.machine_id) for p in scored] == [
         ("cam7", 12),
@@ -333,6 +335,8 @@ async def test_frames_on_the_hub_are_scored_per_camera(tmp_path: Path) -> None:
         ("dock", None),
         ("cam8", None),
     ]
+    assert [p["camera_id"] for p in by_camera["predictions"]] == ["cam7", "cam7"]
+    assert by_machine["count"] == 2
     assert scored[1].record_ts.isoformat() == "2025-05-01T08:00:00+00:00"
     assert all(p.result["compliant"] for p in scored)
     assert [(r.source, r.field, r.index, r.input) for r in refused] == [

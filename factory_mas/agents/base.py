@@ -76,12 +76,28 @@ _checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
 _json = msgspec.json.Encoder()
 
 
+@dataclass(frozen=True)
+class Subject:
+    """Which machine or camera a reader wants; None matches any."""
+
+    machine_id: int | None = None
+    camera_id: str | None = None
+
+    def matches(self, item: Prediction | Alert) -> bool:
+        return (self.machine_id is None or item.machine_id == self.machine_id) and (
+            self.camera_id is None or item.camera_id == self.camera_id
+        )
+
+
+EVERYTHING = Subject()
+
+
 class _WsClient:
     """One WebSocket listener: its own bounded queue, so a slow reader only loses its own
     oldest messages and never holds up the agent or the other clients."""
 
-    def __init__(self, machine_id: int | None, size: int) -> None:
-        self.machine_id = machine_id
+    def __init__(self, subject: Subject, size: int) -> None:
+        self.subject = subject
         self.queue: deque[bytes] = deque(maxlen=size)
         self.ready = asyncio.Event()
         self.dropped = 0
@@ -420,11 +436,14 @@ class BaseAgent(abc.ABC):
 
     # -- reading -----------------------------------------------------------------------
 
-    def recent(self, limit: int, machine_id: int | None = None) -> list[Prediction]:
+    def recent(
+        self, limit: int, machine_id: int | None = None, camera_id: str | None = None
+    ) -> list[Prediction]:
         """Newest first."""
+        subject = Subject(machine_id, camera_id)
         out: list[Prediction] = []
         for p in reversed(self.history):
-            if machine_id is None or p.machine_id == machine_id:
+            if subject.matches(p):
                 out.append(p)
                 if len(out) >= limit:
                     break
@@ -476,12 +495,12 @@ class BaseAgent(abc.ABC):
     def _fan_out(self, predictions: list[Prediction], alerts: list[Alert]) -> None:
         if not self._clients:
             return
-        frames: dict[int | None, bytes] = {}
+        frames: dict[Subject, bytes] = {}
         for client in self._clients:
-            key = client.machine_id
+            key = client.subject
             if key not in frames:
                 chosen = (
-                    predictions if key is None else [p for p in predictions if p.machine_id == key]
+                    predictions if key == EVERYTHING else [p for p in predictions if key.matches(p)]
                 )
                 frames[key] = (
                     _json.encode({"type": "predictions", "data": chosen}) if chosen else b""
@@ -489,7 +508,7 @@ class BaseAgent(abc.ABC):
             if frames[key]:
                 client.push(frames[key])
             for alert in alerts:
-                if key is None or alert.machine_id == key:
+                if key.matches(alert):
                     client.push(_json.encode({"type": "alert", "data": alert}))
 
     async def ws_route(self, ws: WebSocket) -> None:
@@ -500,8 +519,9 @@ class BaseAgent(abc.ABC):
                 await ws.close(code=1008, reason=f"machine_id: expected an integer, got {raw!r}")
                 return
             machine_id = int(raw)
+        subject = Subject(machine_id, ws.query_params.get("camera_id") or None)
         await ws.accept()
-        client = _WsClient(machine_id, self.settings.ws_queue_size)
+        client = _WsClient(subject, self.settings.ws_queue_size)
         self._clients.add(client)
         sender = asyncio.create_task(self._ws_send(ws, client))
         try:
@@ -551,7 +571,8 @@ class BaseAgent(abc.ABC):
     async def history_route(self, request: Request) -> Response:
         limit = query_int(request, "limit", 100, 1, HISTORY_LIMIT_MAX)
         machine_id = query_int(request, "machine_id", None, 1, 1_000_000)
-        items = self.recent(limit or 100, machine_id)
+        camera_id = request.query_params.get("camera_id") or None
+        items = self.recent(limit or 100, machine_id, camera_id)
         return json_response({"agent_id": self.agent_id, "count": len(items), "predictions": items})
 
     def parse_request(self, items: list[Any]) -> tuple[list[TelemetryRecord], list[Rejection]]:
