@@ -130,6 +130,25 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(_settings: Settings, args: argparse.Namespace) -> int:
+    source, target = Path(args.keras), Path(args.tflite)
+    try:
+        import keras
+
+        from .training.ppe import to_tflite
+    except ImportError:
+        print("factory_mas convert: needs TensorFlow: pip install -e '.[train]'", file=sys.stderr)
+        return 2
+    try:
+        model = keras.saving.load_model(source)
+    except (OSError, ValueError) as exc:
+        print(f"factory_mas convert: cannot load {source}: {exc}", file=sys.stderr)
+        return 1
+    target.write_bytes(to_tflite(model))
+    print(f"{source} -> {target}: input {model.input_shape}, output {model.output_shape}")
+    return 0
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from .bench import report, run_inference_bench, write_json
 
@@ -165,6 +184,9 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--machines", type=int, help="number of simulated machines")
     replay.add_argument("--seed", type=int, help="simulator seed")
     replay.add_argument("--count", type=int, help="stop after this many records")
+    convert = sub.add_parser("convert", help="turn a Keras model into a .tflite LiteRT serves")
+    convert.add_argument("keras", help="a .keras or .h5 file")
+    convert.add_argument("tflite", help="where to write the .tflite")
     bench = sub.add_parser("bench", help="measure scoring speed on this machine")
     bench.add_argument(
         "--inference",
@@ -176,7 +198,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"serve": cmd_serve, "train": cmd_train, "replay": cmd_replay, "bench": cmd_bench}
+COMMANDS = {
+    "serve": cmd_serve,
+    "train": cmd_train,
+    "replay": cmd_replay,
+    "bench": cmd_bench,
+    "convert": cmd_convert,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

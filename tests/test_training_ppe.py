@@ -117,3 +117,46 @@ def test_the_committed_model_meets_the_bar() -> None:
         assert entry["metrics"][f"{item}_accuracy"] > 0.95, item
     assert (ARTIFACTS / MODEL_FILE).stat().st_size < 1_000_000
     assert PpeModel.load(ARTIFACTS).input_size == (64, 64)
+
+
+# Keras 3.15 itself trips numpy 2's __array__ copy deprecation inside save/predict.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_convert_turns_an_operators_keras_model_into_one_the_agent_serves(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import keras
+
+    keras.utils.set_random_seed(3)
+    labels = ["vest", "shirt", "helmet", "pants", "boots"]
+    net = keras.Sequential(
+        [
+            keras.Input((40, 48, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(len(labels), activation="sigmoid"),
+        ]
+    )
+    net.save(tmp_path / "site.keras")
+    (tmp_path / "site.txt").write_text("\n".join(labels) + "\n")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "factory_mas", "convert", "site.keras", "site.tflite"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    served = PpeModel.load_file(tmp_path / "site.tflite", tmp_path / "site.txt")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 40, 48, 3)).astype(np.float32)
+    expected = net.predict(pixels, verbose=0)[:, [labels.index(item) for item in ITEMS]]
+    np.testing.assert_allclose(served.predict(pixels), expected, atol=1e-5)
+
+
+def test_a_keras_file_in_the_settings_is_refused_with_the_way_to_convert(tmp_path: Path) -> None:
+    (tmp_path / "site.keras").write_bytes(b"not used")
+    (tmp_path / "site.txt").write_text("helmet\nboots\npants\nshirt\n")
+    with pytest.raises(ArtifactError, match="factory_mas convert"):
+        PpeModel.load_file(tmp_path / "site.keras", tmp_path / "site.txt")

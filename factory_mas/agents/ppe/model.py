@@ -27,8 +27,8 @@ FEATURES: tuple[str, ...] = ("rgb_0_255",)
 MODEL_FILE = "ppe_cnn.tflite"
 LABELS_FILE = "ppe_labels.txt"
 CONVERT_HINT = (
-    "convert it to .tflite where TensorFlow is installed: model.export(DIR, "
-    "format='tf_saved_model'), then tf.lite.TFLiteConverter.from_saved_model(DIR).convert()"
+    "convert it once with `python -m factory_mas convert MODEL.keras MODEL.tflite` "
+    "(needs the train extra: pip install -e '.[train]') and point model_path at the .tflite"
 )
 
 
