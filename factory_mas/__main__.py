@@ -135,7 +135,7 @@ def cmd_convert(_settings: Settings, args: argparse.Namespace) -> int:
     try:
         import keras
 
-        from .training.ppe import to_tflite
+        from .training.common import to_tflite
     except ImportError:
         print("factory_mas convert: needs TensorFlow: pip install -e '.[train]'", file=sys.stderr)
         return 2

@@ -372,7 +372,7 @@ def user_models(tmp_path_factory) -> Path:
     """
     import keras
 
-    from factory_mas.training.ppe import to_tflite
+    from factory_mas.training.common import to_tflite
 
     folder = tmp_path_factory.mktemp("user-models")
     inputs = keras.Input((48, 40, 3))

@@ -26,9 +26,9 @@ from factory_mas.agents.energy.model import (
 from factory_mas.artifacts import MANIFEST, sha256_file
 from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.inference import LiteRtModel
+from factory_mas.training.common import to_tflite
 from factory_mas.training.energy import (
     WINDOW,
-    export_tflite,
     fit_forecaster,
     gather,
     machine_series,
@@ -152,7 +152,7 @@ def test_litert_answers_what_keras_answers(tmp_path):
     y = ((power - 5.0) / 1.6).astype(np.float32)
     model = fit_forecaster(x, y, seed=3, window=WINDOW, units=16, epochs=1)
     path = tmp_path / "forecaster.tflite"
-    export_tflite(model, path)
+    path.write_bytes(to_tflite(model))
     served = LiteRtModel(path, "test")
     # Batch sizes off the power-of-two buckets too, and a single row.
     for rows in (x[:1], x[:37], x[:300], x):

@@ -19,7 +19,8 @@ from factory_mas.artifacts import MANIFEST, load_entry
 from factory_mas.data.ppe_images import render_set
 from factory_mas.errors import ArtifactError
 from factory_mas.inference import LiteRtModel
-from factory_mas.training.ppe import fit, to_tflite, train_ppe
+from factory_mas.training.common import to_tflite
+from factory_mas.training.ppe import fit, train_ppe
 
 from .conftest import ARTIFACTS
 

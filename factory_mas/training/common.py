@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,21 @@ def save_models(
     )
     log.info("%s: %s", agent_id, metrics)
     return entry
+
+
+def to_tflite(model: Any) -> bytes:
+    """A Keras model as .tflite bytes for LiteRT, traced in inference mode."""
+    import keras
+    import tensorflow as tf
+
+    # An explicit inference endpoint: RandomFlip defaults to training=True in Keras 3, and
+    # plain model.export() then traced the whole graph in training mode (batch statistics,
+    # random ops the converter refuses). Through a SavedModel because converting a concrete
+    # function of a Keras 3 model directly gave NaN outputs with TensorFlow 2.21.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    with tempfile.TemporaryDirectory() as tmp:
+        archive.write_out(tmp, verbose=False)
+        return tf.lite.TFLiteConverter.from_saved_model(tmp).convert()

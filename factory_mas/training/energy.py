@@ -15,7 +15,6 @@ this package (as `python -m factory_mas train --only pm_agent` does) stays cheap
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from ..agents.energy.model import (
 from ..data.synthetic import FactorySimulator
 from ..errors import FactoryError
 from ..inference import LiteRtModel
-from .common import held_out_from, save_models
+from .common import held_out_from, save_models, to_tflite
 
 WINDOW = 16
 STEP_MINUTES = 1.0
@@ -139,15 +138,6 @@ def fit_forecaster(
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="huber")
     model.fit(x, y, batch_size=256, epochs=epochs, shuffle=True, verbose=0)
     return model
-
-
-def export_tflite(model: Any, path: Path) -> None:
-    import tensorflow as tf
-
-    # Through a SavedModel: converting from a concrete function gave NaN outputs.
-    with tempfile.TemporaryDirectory() as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False)
-        path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(tmp).convert())
 
 
 def _best_threshold(raw: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
@@ -334,7 +324,7 @@ def train_energy(
         "iforest": out_dir / "energy_iforest.joblib",
         "meta": out_dir / "energy_meta.json",
     }
-    export_tflite(keras_model, files["forecaster"])
+    files["forecaster"].write_bytes(to_tflite(keras_model))
     # From here on the forecasts come from the converted model, the one the agent serves.
     forecaster = LiteRtModel(files["forecaster"], "training")
     baselines = _baselines(plant.series, scaling)

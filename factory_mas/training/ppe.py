@@ -12,7 +12,6 @@ TensorFlow is imported inside the functions: it takes seconds, and importing the
 from __future__ import annotations
 
 import logging
-import tempfile
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ..agents.ppe.model import AGENT_ID, FEATURES, LABELS_FILE, MODEL_FILE
 from ..artifacts import write_entry
 from ..data.ppe_images import render_set
 from ..inference import LiteRtModel
+from .common import to_tflite
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +73,6 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int, epochs: int, batch_size: int = 
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
     return model
-
-
-def to_tflite(model: Any) -> bytes:
-    import keras
-    import tensorflow as tf
-
-    # An explicit inference endpoint: RandomFlip defaults to training=True in Keras 3, and
-    # plain model.export() then traced the whole graph in training mode (batch statistics,
-    # random ops the converter refuses). Through a SavedModel because converting a concrete
-    # function of a Keras 3 model directly gave NaN outputs with TensorFlow 2.21.
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    spec = keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")
-    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
-    with tempfile.TemporaryDirectory() as tmp:
-        archive.write_out(tmp, verbose=False)
-        return tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
 
 
 def item_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
