@@ -32,26 +32,22 @@ _MAX_LAG_S = 1.0
 _FAST_TICKS = 20
 
 
-class Replay:
-    def __init__(
-        self, settings: ReplaySettings, sink: Sink, retime: bool = True, limit: int | None = None
-    ) -> None:
-        self.settings = settings
-        self.sink = sink
-        # Stamp records with the current time, so a dashboard shows them as live.
-        self.retime = retime
-        self.limit = limit
-        self.sent = 0
-        self.started_at: float | None = None
-        self.error: str | None = None
-        self._task: asyncio.Task | None = None
+class _Background:
+    """`async with` runs `run()` as a task until the block ends; a FactoryError stops it
+    and is kept in `error` (for /status) instead of being lost with the task."""
+
+    _task: asyncio.Task | None = None
+    error: str | None = None
+
+    async def run(self) -> None:
+        raise NotImplementedError
 
     @property
-    def source(self) -> str:
-        return f"csv:{Path(self.settings.csv).name}" if self.settings.csv else "replay"
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
-    async def __aenter__(self) -> Replay:
-        self._task = asyncio.create_task(self._guarded(), name="replay")
+    async def __aenter__(self) -> _Background:
+        self._task = asyncio.create_task(self._guarded(), name=type(self).__name__)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -65,7 +61,24 @@ class Replay:
             await self.run()
         except FactoryError as exc:
             self.error = str(exc)
-            log.error("replay stopped: %s", exc)
+            log.error("%s stopped: %s", type(self).__name__, exc)
+
+
+class Replay(_Background):
+    def __init__(
+        self, settings: ReplaySettings, sink: Sink, retime: bool = True, limit: int | None = None
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        # Stamp records with the current time, so a dashboard shows them as live.
+        self.retime = retime
+        self.limit = limit
+        self.sent = 0
+        self.started_at: float | None = None
+
+    @property
+    def source(self) -> str:
+        return f"csv:{Path(self.settings.csv).name}" if self.settings.csv else "replay"
 
     def batches(self) -> Iterator[tuple[list[int] | None, list[dict[str, Any]]]]:
         s = self.settings
@@ -116,7 +129,7 @@ class Replay:
         elapsed = time.monotonic() - self.started_at if self.started_at else 0.0
         return {
             "source": self.source,
-            "running": self._task is not None and not self._task.done(),
+            "running": self.running,
             "sent": self.sent,
             "rate_target": self.settings.rate,
             "rate_actual": round(self.sent / elapsed, 1) if elapsed > 0 else 0.0,
@@ -131,7 +144,7 @@ _VIOLATION_FRAMES = (8, 30)
 _CAMERA_SIDE = 128
 
 
-class CameraReplay:
+class CameraReplay(_Background):
     """Frames of a worker in front of each simulated camera, as JPEG bytes on
     sensors/factory/ppe/<camera>; now and then the worker lacks an item for a while."""
 
@@ -139,23 +152,13 @@ class CameraReplay:
         self.settings = settings
         self.publish = publish
         self.sent = 0
-        self._task: asyncio.Task | None = None
+        self.frames: int | None = None  # stop after this many (tests); None = forever
 
     @property
     def cameras(self) -> list[str]:
         return [f"cam-{i}" for i in range(1, self.settings.cameras + 1)]
 
-    async def __aenter__(self) -> CameraReplay:
-        self._task = asyncio.create_task(self.run(), name="camera-replay")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self, frames: int | None = None) -> None:
+    async def run(self) -> None:
         import numpy as np
 
         from .agents.ppe.logic import ITEMS
@@ -164,7 +167,7 @@ class CameraReplay:
         missing: dict[str, tuple[int, int]] = {}  # camera -> (item index, frames left)
         interval = 1.0 / self.settings.camera_fps
         next_at = time.monotonic()
-        while frames is None or self.sent < frames:
+        while self.frames is None or self.sent < self.frames:
             for camera in self.cameras:
                 item, left = missing.get(camera, (-1, 0))
                 if left == 0 and rng.random() < _VIOLATION_CHANCE:
@@ -183,8 +186,9 @@ class CameraReplay:
         return {
             "cameras": self.cameras,
             "fps": self.settings.camera_fps,
-            "running": self._task is not None and not self._task.done(),
+            "running": self.running,
             "sent": self.sent,
+            "error": self.error,
         }
 
 

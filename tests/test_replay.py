@@ -272,10 +272,9 @@ async def test_camera_frames_are_decodable_jpegs_at_the_asked_count():
     async def keep(_topic: str, jpeg: bytes) -> None:
         sent.append(jpeg)
 
-    await asyncio.wait_for(
-        CameraReplay(ReplaySettings(cameras=3, camera_fps=1000.0), keep).run(frames=30),
-        TIMEOUT_S,
-    )
+    cameras = CameraReplay(ReplaySettings(cameras=3, camera_fps=1000.0), keep)
+    cameras.frames = 30
+    await asyncio.wait_for(cameras.run(), TIMEOUT_S)
     assert len(sent) == 30
     limits = Limits(max_bytes=10**7, max_pixels=10**7, size=(64, 64))
     frames = [f for jpeg in sent for f in frames_of_payload(jpeg, "cam", limits)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +27,29 @@ def is_held_out(machine_id: np.ndarray, machines: int) -> np.ndarray:
     return machine_id >= held_out_from(machines)
 
 
+@dataclass(frozen=True)
+class Simulation:
+    """The simulated plant a model learnt from, recorded with it."""
+
+    seed: int
+    machines: int
+    ticks: int
+    step_minutes: float
+
+
 def save_models(
     out_dir: Path,
     agent_id: str,
     features: Sequence[str],
     metrics: Mapping[str, Any],
+    simulation: Simulation,
     training: Mapping[str, Any],
-    machines: int,
     pickled: Mapping[str, tuple[str, Any]] | None = None,
     written: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Pickle `pickled` ({role: (file name, object)}), add the `written` files, and record
-    all of them with metrics in the manifest. Returns the manifest entry."""
+    all of them with metrics and how they were trained in the manifest. Returns the
+    manifest entry."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = dict(written or {})
     for role, (name, obj) in (pickled or {}).items():
@@ -53,7 +65,14 @@ def save_models(
         # Served models need scikit-learn at the version that pickled them. TensorFlow
         # only made the .tflite files, so it is recorded in `training`, not required.
         libraries=("scikit-learn",),
-        training={**training, "held_out": f"machines {held_out_from(machines)}..{machines}"},
+        training={
+            "seed": simulation.seed,
+            "simulated_machines": simulation.machines,
+            "ticks": simulation.ticks,
+            "step_minutes": simulation.step_minutes,
+            **training,
+            "held_out": f"machines {held_out_from(simulation.machines)}..{simulation.machines}",
+        },
     )
     log.info("%s: %s", agent_id, metrics)
     return entry

@@ -24,7 +24,7 @@ from ..agents.cyber.model import (
     features,
 )
 from ..data.synthetic import FactorySimulator
-from .common import is_held_out, save_models
+from .common import Simulation, is_held_out, save_models
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed data.
 MAD_TO_SD = 1.4826
@@ -98,15 +98,11 @@ def train_cyber(
         AGENT_ID,
         FEATURES,
         metrics,
+        Simulation(seed, machines, ticks, STEP_MINUTES),
         training={
-            "seed": seed,
-            "simulated_machines": machines,
-            "ticks": ticks,
-            "step_minutes": STEP_MINUTES,
             "trees": trees,
             "max_gap_s": MAX_GAP_S,
             "threshold": "best F1 on the training machines",
         },
-        machines=machines,
         pickled={"model": ("cyber_model.joblib", bundle)},
     )

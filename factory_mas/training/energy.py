@@ -39,7 +39,7 @@ from ..agents.energy.model import (
 from ..data.synthetic import FactorySimulator
 from ..errors import FactoryError
 from ..inference import LiteRtModel
-from .common import held_out_from, save_models, to_tflite
+from .common import Simulation, held_out_from, save_models, to_tflite
 
 WINDOW = 16
 STEP_MINUTES = 1.0
@@ -350,11 +350,8 @@ def train_energy(
         AGENT_ID,
         FEATURES,
         metrics,
+        Simulation(seed, machines, ticks, STEP_MINUTES),
         training={
-            "seed": seed,
-            "simulated_machines": machines,
-            "ticks": ticks,
-            "step_minutes": STEP_MINUTES,
             "window": WINDOW,
             "lstm_units": units,
             "epochs": epochs,
@@ -363,7 +360,6 @@ def train_energy(
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
-        machines=machines,
         pickled={"iforest": (files["iforest"].name, iforest)},
         written={"forecaster": files["forecaster"], "meta": files["meta"]},
     )

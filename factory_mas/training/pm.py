@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, mean_absolute_error, roc_au
 
 from ..agents.pm.model import AGENT_ID, FAILURE_HORIZON_HOURS, FEATURES, RUL_CAP_HOURS, features
 from ..data.synthetic import FactorySimulator
-from .common import is_held_out, save_models
+from .common import Simulation, is_held_out, save_models
 
 
 def train_pm(
@@ -67,15 +67,11 @@ def train_pm(
         AGENT_ID,
         FEATURES,
         metrics,
+        Simulation(seed, machines, ticks, 5.0),
         training={
-            "seed": seed,
-            "simulated_machines": machines,
-            "ticks": ticks,
-            "step_minutes": 5.0,
             "failure_horizon_hours": FAILURE_HORIZON_HOURS,
             "rul_cap_hours": RUL_CAP_HOURS,
         },
-        machines=machines,
         pickled={
             "classifier": ("pm_classifier.joblib", classifier),
             "regressor": ("pm_regressor.joblib", regressor),

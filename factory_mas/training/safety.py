@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from ..agents.safety.model import AGENT_ID, CLASSES, FEATURES, SafetyModel, features
 from ..data.synthetic import DEFAULT_PARAMS, FactorySimulator
-from .common import is_held_out, save_models
+from .common import Simulation, is_held_out, save_models
 
 # "A hazard is likelier than not": the default warning cut, where alerts start.
 ALERT_SCORE = 0.5
@@ -93,14 +93,10 @@ def train_safety(
         AGENT_ID,
         FEATURES,
         metrics,
+        Simulation(seed, machines, ticks, step_minutes),
         training={
-            "seed": seed,
-            "simulated_machines": machines,
-            "ticks": ticks,
-            "step_minutes": step_minutes,
             "hazard_rate_factor": hazard_rate_factor,
             "max_normal_rows": max_normal_rows,
         },
-        machines=machines,
         pickled={"classifier": ("safety_classifier.joblib", classifier)},
     )
