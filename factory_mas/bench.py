@@ -24,7 +24,7 @@ from .agents.base import AgentContext, BaseAgent
 from .data.schema import parse_record
 from .data.synthetic import FactorySimulator
 from .hub import Hub
-from .inference import Inference
+from .inference import Inference, LatencyWindow
 from .settings import Settings
 from .store import Store
 
@@ -42,32 +42,31 @@ class Case:
     score: Callable[[Sequence[Any]], Any]
 
 
-def _percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-
-def measure(case: Case, batch: int, budget_s: float) -> dict[str, float]:
-    """Score consecutive batches for about `budget_s`; items/s and per-batch latency."""
-    items, n = case.items, len(case.items)
-    latencies: list[float] = []
+def _timed(batch: int, budget_s: float, step: Callable[[int], int]) -> dict[str, Any]:
+    """Call `step(items done so far)`, which scores one batch and says how many items it
+    held, for about `budget_s`; items/s and per-call latency."""
+    calls = LatencyWindow(size=1 << 20)
     done = 0
     began = time.perf_counter()
-    while time.perf_counter() - began < budget_s or not latencies:
+    while time.perf_counter() - began < budget_s or not calls.count:
+        t0 = time.perf_counter()
+        n = step(done)
+        calls.add(time.perf_counter() - t0)
+        done += n
+    return {"batch": batch, "per_s": done / calls.total_s, **calls.summary()}
+
+
+def measure(case: Case, batch: int, budget_s: float) -> dict[str, Any]:
+    """One agent scoring consecutive batches of `batch` items."""
+    items, n = case.items, len(case.items)
+
+    def step(done: int) -> int:
         start = (done % n) if n > batch else 0
         chunk = items[start : start + batch]
-        t0 = time.perf_counter()
         case.score(chunk)
-        latencies.append(time.perf_counter() - t0)
-        done += len(chunk)
-    total = sum(latencies)
-    return {
-        "batch": batch,
-        "per_s": done / total,
-        "p50_ms": _percentile(latencies, 0.5) * 1000,
-        "p99_ms": _percentile(latencies, 0.99) * 1000,
-        "calls": len(latencies),
-    }
+        return len(chunk)
+
+    return _timed(batch, budget_s, step)
 
 
 def telemetry_records(n: int, seed: int = 11) -> list[Any]:
@@ -132,31 +131,19 @@ def cases_for(agents: list[BaseAgent], records: list[Any], frames: int) -> list[
     return cases
 
 
-def together(cases: list[Case], batch: int, budget_s: float, threads: int) -> dict[str, float]:
+def together(cases: list[Case], batch: int, budget_s: float, threads: int) -> dict[str, Any]:
     """The telemetry agents scoring the same batches side by side on the shared pool."""
-    pool = ThreadPoolExecutor(threads)
     n = len(cases[0].items)
-    latencies: list[float] = []
-    done = 0
-    began = time.perf_counter()
-    try:
-        while time.perf_counter() - began < budget_s or not latencies:
+    with ThreadPoolExecutor(threads) as pool:
+
+        def step(done: int) -> int:
             start = done % max(1, n - batch)
-            t0 = time.perf_counter()
             futures = [pool.submit(c.score, c.items[start : start + batch]) for c in cases]
             for f in futures:
                 f.result()
-            latencies.append(time.perf_counter() - t0)
-            done += batch
-    finally:
-        pool.shutdown()
-    return {
-        "batch": batch,
-        "per_s": done / sum(latencies),
-        "p50_ms": _percentile(latencies, 0.5) * 1000,
-        "p99_ms": _percentile(latencies, 0.99) * 1000,
-        "calls": len(latencies),
-    }
+            return batch
+
+        return _timed(batch, budget_s, step)
 
 
 def keras_versus_litert(settings: Settings, repeats: int) -> dict[str, Any]:

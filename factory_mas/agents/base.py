@@ -34,6 +34,7 @@ from ..data.schema import parse_many
 from ..errors import FactoryError, StoreError
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
 from ..inference import Inference, LatencyWindow
+from ..ingest import REJECTED_TOPIC
 from ..levels import RANK, should_alert, worst
 from ..messages import Alert, Prediction, Rejection, TelemetryRecord
 from ..settings import LEVELS, AgentSettings, Level
@@ -587,13 +588,20 @@ class BaseAgent(abc.ABC):
             raise ApiError(400, "empty_batch", "the array holds no records")
         records, rejections = self.parse_request(items)
         if rejections:
-            await self.ctx.hub.publish("sensors/factory/rejected", rejections, origin=self.agent_id)
+            await self.ctx.hub.publish(REJECTED_TOPIC, rejections, origin=self.agent_id)
         if not records:
             return rejected_response(rejections, single)
-        predictions = await self.process(records)
+        return await self.scored_response(records, rejections, single)
+
+    async def scored_response(
+        self, items: Sequence[Any], rejections: list[Rejection], single: bool
+    ) -> Response:
+        """Score what a predict request held: the prediction itself for one item, else
+        {"predictions", "rejected"}."""
+        predictions = await self.process(items)
         if not predictions:
             raise ApiError(
-                500, "scoring_failed", f"{self.agent_id} could not score the batch; see the log"
+                500, "scoring_failed", f"{self.agent_id} could not score the request; see the log"
             )
         if single:
             return json_response(predictions[0])

@@ -114,9 +114,7 @@ class EnergyAgent(BaseAgent):
         forecast = model.forecast(history, mode, speed)
         baseline = np.where(np.isnan(baseline), forecast, baseline)
         scores = model.anomaly_score(power, forecast, baseline)
-        # A new dict, not an update in place: a checkpoint may be reading the old one on
-        # the event loop while this runs on the inference pool.
-        self.memory = {**self.memory, **touched}
+        self.memory.update(touched)
 
         now = datetime.now(UTC)
         out = []

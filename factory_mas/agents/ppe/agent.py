@@ -10,7 +10,6 @@ camera (logic.py), so one violation is one level change and therefore one alert.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...api import ApiError, json_response, read_body
+from ...api import ApiError, read_body
 from ...hub import Message
 from ...ingest import REJECTED_TOPIC
 from ...messages import Alert, Prediction, Rejection
@@ -72,9 +71,6 @@ class PpeAgent(BaseAgent):
     def __init__(self, settings: PpeSettings, ctx: AgentContext) -> None:
         super().__init__(settings, ctx)
         self.cameras: dict[str, _Camera] = {}
-        # score() updates the cameras on a pool thread while a checkpoint may copy them on
-        # the event loop.
-        self._cameras_lock = threading.Lock()
 
     def load(self) -> PpeModel:
         s = self.settings
@@ -104,12 +100,11 @@ class PpeAgent(BaseAgent):
         out = []
         for frame, row in zip(frames, probabilities.tolist(), strict=True):
             seen = logic.worn_items(dict(zip(logic.ITEMS, row, strict=True)), t.threshold)
-            with self._cameras_lock:
-                camera = self.cameras.get(frame.camera_id)
-                if camera is None:
-                    camera = self.cameras[frame.camera_id] = _Camera(t.window_frames)
-                camera.frames.append(seen)
-                missing = camera.missing = logic.smoothed_missing(camera.frames, camera.missing, t)
+            camera = self.cameras.get(frame.camera_id)
+            if camera is None:
+                camera = self.cameras[frame.camera_id] = _Camera(t.window_frames)
+            camera.frames.append(seen)
+            missing = camera.missing = logic.smoothed_missing(camera.frames, camera.missing, t)
             out.append(
                 Prediction(
                     agent_id=self.agent_id,
@@ -146,24 +141,22 @@ class PpeAgent(BaseAgent):
         )
 
     def export_state(self) -> dict[str, dict[str, list[Any]]]:
-        with self._cameras_lock:
-            return {
-                camera_id: {
-                    "frames": [sorted(seen) for seen in camera.frames],
-                    "missing": list(camera.missing),
-                }
-                for camera_id, camera in self.cameras.items()
+        return {
+            camera_id: {
+                "frames": [sorted(seen) for seen in camera.frames],
+                "missing": list(camera.missing),
             }
+            for camera_id, camera in self.cameras.items()
+        }
 
     def import_state(self, state: Any) -> None:
         n = self.settings.window_frames
-        with self._cameras_lock:
-            for camera_id, saved in state.items():
-                camera = self.cameras[camera_id] = _Camera(n)
-                camera.frames.extend(
-                    frozenset(i for i in seen if i in logic.ITEMS) for seen in saved["frames"]
-                )
-                camera.missing = [i for i in saved["missing"] if i in logic.ITEMS]
+        for camera_id, saved in state.items():
+            camera = self.cameras[camera_id] = _Camera(n)
+            camera.frames.extend(
+                frozenset(i for i in seen if i in logic.ITEMS) for seen in saved["frames"]
+            )
+            camera.missing = [i for i in saved["missing"] if i in logic.ITEMS]
 
     # -- frames from the hub -----------------------------------------------------------
 
@@ -255,11 +248,4 @@ class PpeAgent(BaseAgent):
             detail = str(first) if single else f"frame {rejections[0].index}: {first}"
             extra = {} if single else {"errors": rejections}
             raise ApiError(first.status, first.code, detail, field=first.field, **extra)
-        predictions = await self.process(frames)
-        if not predictions:
-            raise ApiError(
-                500, "scoring_failed", f"{self.agent_id} could not score the frames; see the log"
-            )
-        if single:
-            return json_response(predictions[0])
-        return json_response({"predictions": predictions, "rejected": rejections})
+        return await self.scored_response(frames, rejections, single)
