@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import FactoryError, RecordError
-from .messages import Rejection
+from .messages import Alert, Rejection
+from .settings import LEVELS
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -88,6 +89,48 @@ def query_int(request: Request, name: str, default: int | None, lo: int, hi: int
             400, "bad_query", f"{name}: expected an integer from {lo} to {hi}, got {raw!r}"
         )
     return value
+
+
+async def read_alerts(request: Request, max_bytes: int) -> tuple[list[Alert], bool]:
+    """Alerts from a request body holding one alert or a list; ApiError 422 names the
+    first bad field (and the index in a list). Also says whether it was a single one."""
+    body = await read_json(request, max_bytes)
+    single = not isinstance(body, list)
+    items = [body] if single else body
+    if not items:
+        raise ApiError(400, "empty_batch", "the array holds no alerts")
+    return [_parse_alert(item, None if single else i) for i, item in enumerate(items)], single
+
+
+def _parse_alert(item: Any, index: int | None) -> Alert:
+    where = "" if index is None else f"alert {index}: "
+    if not isinstance(item, dict):
+        raise ApiError(
+            422,
+            "invalid_alert",
+            f"{where}an alert must be a JSON object, got {type(item).__name__}",
+            field=None,
+            index=index,
+        )
+    try:
+        return msgspec.convert(item, Alert)
+    except msgspec.ValidationError as exc:
+        field, reason = _explain_alert(exc, item)
+        detail = f"{where}{field}: {reason}" if field else f"{where}{reason}"
+        raise ApiError(422, "invalid_alert", detail, field=field, index=index) from None
+
+
+def _explain_alert(exc: msgspec.ValidationError, item: dict[str, Any]) -> tuple[str | None, str]:
+    text = str(exc)
+    if text.startswith("Object missing required field `"):
+        return text.split("`")[1], "required field is missing"
+    reason, sep, path = text.rpartition(" - at `$.")
+    if not sep:
+        return None, text
+    field = path.rstrip("`").split(".")[0].split("[")[0]
+    if field == "level":
+        return field, f"{item.get(field)!r} is not one of {', '.join(LEVELS)}"
+    return field, reason
 
 
 async def api_error_handler(_request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ JSON and document the fields at once. Field names are the snake_case names of DE
 
 from __future__ import annotations
 
+import typing
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -77,14 +78,96 @@ class Prediction(Struct, kw_only=True, gc=False):
     camera_id: str | None = None
 
 
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
 class Alert(Struct, kw_only=True):
-    source: str
-    type: str
+    source: Name
+    type: Name
     level: Level
-    details: str
+    details: Annotated[str, Meta(max_length=4000)]
     machine_id: int | None = None
     # For alerts about a place rather than a machine (a PPE camera).
     camera_id: str | None = None
     value: float | None = None
+    id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+    timestamp: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+
+
+# -- orchestrator ----------------------------------------------------------------------
+
+# ISA-18.2 / IEC 62682 alarm states: is the condition still there, has anyone seen it.
+AlarmState = Literal["ACTIVE_UNACK", "ACTIVE_ACK", "CLEARED_UNACK", "CLEARED_ACK"]
+ALARM_STATES: tuple[AlarmState, ...] = typing.get_args(AlarmState)
+# A return-to-normal alert of this type clears every alarm of its source on its subject;
+# a NORMAL alert of any other type clears only the alarm of that type.
+RETURN_TO_NORMAL = "RETURN_TO_NORMAL"
+
+
+class AlarmComment(Struct, kw_only=True):
+    by: str
+    at: datetime
+    text: str
+
+
+class Alarm(Struct, kw_only=True):
+    """One abnormal condition: every alert with its (source, type, machine or camera)
+    updates this alarm instead of raising another, until it is cleared and acknowledged."""
+
+    id: int
+    source: str
+    type: str
+    state: AlarmState
+    level: Level  # the latest alert's level
+    highest_level: Level
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    details: str
+    machine_id: int | None = None
+    camera_id: str | None = None
+    value: float | None = None
+    acked_by: str | None = None
+    acked_at: datetime | None = None
+    shelved_until: datetime | None = None
+    shelved_by: str | None = None
+    cleared_at: datetime | None = None
+    comments: list[AlarmComment] = msgspec.field(default_factory=list)
+
+
+class AlarmEvent(Struct, kw_only=True):
+    """One line of an alarm's audit trail: what changed, who did it, when."""
+
+    alarm_id: int
+    at: datetime
+    kind: str  # raised, escalated, reactivated, cleared, acked, shelved, unshelved, comment
+    by: str  # the agent or the operator
+    state: AlarmState
+    level: Level
+    detail: str = ""
+    id: int = 0
+
+
+class Plan(Struct, kw_only=True):
+    action: str
+    priority: Annotated[int, Meta(ge=1, le=5)]
+    steps: list[str]
+    rationale: str
+    machine_id: int | None = None
+    camera_id: str | None = None
+
+
+class Notified(Struct, kw_only=True):
+    channel: str  # sms
+    status: str  # queued, sent, cooldown, held, not_configured, failed
+
+
+class Decision(Struct, kw_only=True):
+    alarm_ids: list[int]
+    level: Level  # the highest level among its alarms
+    plan: Plan
+    # "builtin", or "external <url>", or "builtin (external planner failed: ...)".
+    planner: str
+    notified: Notified | None = None
     id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
     timestamp: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))

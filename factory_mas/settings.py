@@ -246,6 +246,169 @@ class PpeSettings(AgentSettings):
             raise ValueError(f"camera_machines maps two cameras to one machine: {machines}")
 
 
+class OrchestratorSettings(_Section):
+    # Alarm flood (ISA-18.2 uses 10 new alarms per operator in 10 minutes): more than
+    # flood_threshold new alarms within flood_window_s starts one; it ends when fewer than
+    # flood_end_below remain in the window. The gap stops it flickering on and off.
+    flood_threshold: PositiveInt = 10
+    flood_window_s: PositiveFloat = 600.0
+    flood_end_below: PositiveInt = 5
+    # During a flood, alarms below this level are shown as groups, one per source and type.
+    flood_group_below: Level = "CRITICAL"
+    # Shelving hides an alarm for a while; it returns on its own after at most one shift.
+    default_shelve_s: PositiveFloat = 3600.0
+    max_shelve_s: PositiveFloat = 28800.0
+    # How many recent alerts and decisions system-state lists.
+    recent_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
+
+    def __post_init__(self) -> None:
+        if self.flood_end_below > self.flood_threshold:
+            raise ValueError(
+                f"flood_end_below ({self.flood_end_below}) must not exceed flood_threshold "
+                f"({self.flood_threshold})"
+            )
+        if self.default_shelve_s > self.max_shelve_s:
+            raise ValueError(
+                f"default_shelve_s ({self.default_shelve_s}) must not exceed max_shelve_s "
+                f"({self.max_shelve_s})"
+            )
+
+
+class Playbook(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    action: Annotated[str, Meta(min_length=1)]
+    priority: Annotated[int, Meta(ge=1, le=5)]
+    steps: list[str] = field(default_factory=list)
+
+
+def _default_playbooks() -> dict[str, Playbook]:
+    return {
+        "PPE_VIOLATION": Playbook(
+            action="stop_machine",
+            priority=1,
+            steps=[
+                "Stop the machine at the camera's station",
+                "Send the shift supervisor to the worker",
+                "Restart only once the missing protective equipment is worn",
+            ],
+        ),
+        "FIRE_RISK": Playbook(
+            action="evacuate_area",
+            priority=1,
+            steps=[
+                "Trigger the area alarm and evacuate",
+                "Cut power to the machine",
+                "Call the fire response team",
+            ],
+        ),
+        "ELECTRICAL_HAZARD": Playbook(
+            action="isolate_power",
+            priority=1,
+            steps=[
+                "Isolate and lock out the machine's power supply",
+                "Keep people clear until an electrician has inspected it",
+            ],
+        ),
+        "MECHANICAL_HAZARD": Playbook(
+            action="stop_machine",
+            priority=2,
+            steps=["Stop the machine", "Inspect guards, bearings and mounts before restart"],
+        ),
+        "IMMINENT_FAILURE": Playbook(
+            action="stop_machine",
+            priority=2,
+            steps=[
+                "Stop the machine in a controlled way",
+                "Call maintenance for an immediate inspection",
+            ],
+        ),
+        "DDOS_RISK": Playbook(
+            action="isolate_network_segment",
+            priority=2,
+            steps=[
+                "Isolate the machine's network segment",
+                "Inform IT security with the indicators",
+                "Run the machine locally until the segment is cleared",
+            ],
+        ),
+        "NETWORK_DEGRADATION": Playbook(
+            action="inspect_network",
+            priority=3,
+            steps=["Check the machine's switch port, cabling and recent configuration changes"],
+        ),
+        "LOW_RUL": Playbook(
+            action="schedule_maintenance",
+            priority=3,
+            steps=[
+                "Schedule maintenance in the next shift",
+                "Order the wear parts now",
+            ],
+        ),
+        "POWER_ANOMALY": Playbook(
+            action="adjust_power_profile",
+            priority=4,
+            steps=[
+                "Compare the machine's draw with its forecast",
+                "Adjust the power profile or check for a stuck load",
+            ],
+        ),
+        "IDLE_WASTE": Playbook(
+            action="adjust_power_profile",
+            priority=4,
+            steps=["Switch the idle machine to standby"],
+        ),
+    }
+
+
+class PlannerSettings(_Section):
+    # An external planner to ask first (env PLANNER_URL); the built-in one answers when it
+    # is unset, slow or wrong.
+    url: str = ""
+    timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
+    # Alarms on one machine within this window make one combined plan.
+    correlation_window_s: PositiveFloat = 600.0
+    # Alarm type -> what to do. Types without a playbook get `fallback`.
+    playbooks: dict[str, Playbook] = field(default_factory=_default_playbooks)
+    fallback: Playbook = field(
+        default_factory=lambda: Playbook(
+            action="log", priority=5, steps=["Record the alarm and review it in the shift summary"]
+        )
+    )
+
+
+class NotifySettings(_Section):
+    # Twilio credentials (env TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER,
+    # TWILIO_TO_NUMBER). Without them the outbox still records what would have been sent.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from_number: str = ""
+    twilio_to_number: str = ""
+    # Empty means Twilio's own API; tests point it at a local stand-in.
+    twilio_base_url: str = ""
+    # Decisions at or above this level are texted.
+    min_level: Level = "CRITICAL"
+    # The same alarm is texted at most once within this time.
+    cooldown_s: Annotated[float, Meta(ge=0)] = 900.0
+    # At most this many texts per rolling hour; what is held back goes out as one digest.
+    rate_limit_per_hour: Annotated[int, Meta(ge=1, le=10_000)] = 10
+    # Failed sends are retried after retry_base_s, doubling up to retry_max_s, at most
+    # max_attempts times in all.
+    retry_base_s: PositiveFloat = 5.0
+    retry_max_s: PositiveFloat = 900.0
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 8
+    send_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0
+
+    @property
+    def configured(self) -> bool:
+        return all(
+            (
+                self.twilio_account_sid,
+                self.twilio_auth_token,
+                self.twilio_from_number,
+                self.twilio_to_number,
+            )
+        )
+
+
 class AgentsSettings(_Section):
     pm: PmSettings = field(default_factory=PmSettings)
     energy: EnergySettings = field(default_factory=EnergySettings)
@@ -262,6 +425,9 @@ class Settings(_Section):
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     agents: AgentsSettings = field(default_factory=AgentsSettings)
+    orchestrator: OrchestratorSettings = field(default_factory=OrchestratorSettings)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def data_dir(self) -> Path:
@@ -279,6 +445,11 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "PORT": ("server", "port"),
     "LOG_LEVEL": ("server", "log_level"),
     "CORS_ORIGINS": ("server", "cors_origins"),
+    "PLANNER_URL": ("planner", "url"),
+    "TWILIO_ACCOUNT_SID": ("notify", "twilio_account_sid"),
+    "TWILIO_AUTH_TOKEN": ("notify", "twilio_auth_token"),
+    "TWILIO_FROM_NUMBER": ("notify", "twilio_from_number"),
+    "TWILIO_TO_NUMBER": ("notify", "twilio_to_number"),
 }
 SETTINGS_FILE_ENV = "FACTORY_SETTINGS"
 

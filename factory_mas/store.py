@@ -66,6 +66,115 @@ inbox = sa.Table(
 )
 
 
+# -- v3: the orchestrator's durable state -----------------------------------------------
+# Times are Unix seconds (floats): sortable, portable between SQLite and PostgreSQL.
+# Whole messages are kept as JSON next to the columns that queries filter on.
+
+alarms = sa.Table(
+    "alarms",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(200), nullable=False),
+    # "machine:12", "camera:cam-1" or "": the third part of the alarm key, never NULL so
+    # the unique index below also holds for alarms about neither.
+    sa.Column("subject", sa.String(300), nullable=False),
+    sa.Column("machine_id", sa.Integer),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("level", sa.String(20), nullable=False),
+    sa.Column("highest_level", sa.String(20), nullable=False),
+    sa.Column("first_seen", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    # True until the alarm is cleared and acknowledged: at most one open alarm per key.
+    sa.Column("open", sa.Boolean, nullable=False),
+    # A plan is owed for this alarm (set with the alarm change, reset with the decision),
+    # so a crash between the two is made good at the next start.
+    sa.Column("plan_pending", sa.Boolean, nullable=False, default=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+sa.Index(
+    "alarms_open_key",
+    alarms.c.source,
+    alarms.c.type,
+    alarms.c.subject,
+    unique=True,
+    sqlite_where=alarms.c.open,
+    postgresql_where=alarms.c.open,
+)
+sa.Index("alarms_last_seen", alarms.c.last_seen)
+
+alarm_events = sa.Table(
+    "alarm_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("alarm_id", sa.Integer, sa.ForeignKey("alarms.id"), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("by", sa.String(200), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("machine_id", sa.Integer),
+    sa.Column("level", sa.String(20), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+sms_outbox = sa.Table(
+    "sms_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("decision_id", sa.String(64)),  # NULL for a digest
+    sa.Column("alarm_ids", sa.String(2000), nullable=False),  # JSON list
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    # queued -> sent | held (rate limit) -> digested | cooldown | not_configured | failed
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("sent_at", sa.Float, index=True),
+    sa.Column("provider_id", sa.String(100)),
+    sa.Column("error", sa.Text),
+    sa.Column("digest_id", sa.Integer),
+    sqlite_autoincrement=True,
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("agent_id", sa.String(100), nullable=False),
+    sa.Column("machine_id", sa.Integer),
+    sa.Column("camera_id", sa.String(200)),
+    sa.Column("record_ts", sa.Float, nullable=False),
+    sa.Column("level", sa.String(20), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+sa.Index(
+    "predictions_agent_machine", predictions.c.agent_id, predictions.c.machine_id, predictions.c.seq
+)
+sa.Index("predictions_agent_seq", predictions.c.agent_id, predictions.c.seq)
+
+
 def _v1(conn: Connection) -> None:
     schema_version.create(conn)
     checkpoints.create(conn)
@@ -75,7 +184,12 @@ def _v2(conn: Connection) -> None:
     inbox.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    for table in (alarms, alarm_events, alerts, decisions, sms_outbox, predictions):
+        table.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 
 
 def sqlite_url(path: Path) -> str:
@@ -157,6 +271,26 @@ class Store:
         if self._engine is None:
             raise StoreError("the store is not open")
         return self._engine
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` in one transaction on the store's thread.
+
+        Components keep their own queries beside their logic and use this to run them:
+        either everything `fn` wrote is committed when this returns, or nothing is.
+        """
+        return await self._run(self._in_transaction, fn, *args)
+
+    def _in_transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.engine.begin() as conn:
+            return fn(conn, *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` for reading on the store's thread."""
+        return await self._run(self._reading, fn, *args)
+
+    def _reading(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.engine.connect() as conn:
+            return fn(conn, *args)
 
     async def save_checkpoint(self, name: str, data: bytes) -> None:
         await self._run(self._save_checkpoint, name, data)

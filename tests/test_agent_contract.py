@@ -30,7 +30,7 @@ from starlette.routing import Mount
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from factory_mas.agents.base import EVERYTHING, AgentContext, BaseAgent, _WsClient
+from factory_mas.agents.base import EVERYTHING, AgentContext, BaseAgent
 from factory_mas.agents.pm import logic
 from factory_mas.agents.pm.agent import PmAgent
 from factory_mas.api import EXCEPTION_HANDLERS
@@ -38,8 +38,9 @@ from factory_mas.data.schema import parse_record
 from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.hub import Subscription
 from factory_mas.levels import should_alert
-from factory_mas.messages import Alert, Prediction, TelemetryRecord
+from factory_mas.messages import RETURN_TO_NORMAL, Alert, Prediction, TelemetryRecord
 from factory_mas.settings import LEVELS, AgentSettings, Settings
+from factory_mas.ws import WsClient
 
 from .conftest import agent_context, free_port, record
 
@@ -382,8 +383,8 @@ class AgentContract:
         s = msgspec.structs.replace(agent_settings, ws_queue_size=queue_size)
         async with self.agent_class(s, ctx) as agent:
             # The object the WS route creates per connection; this one's reader never runs.
-            stalled = _WsClient(EVERYTHING, queue_size)
-            reading = _WsClient(EVERYTHING, 10_000)
+            stalled = WsClient(queue_size, EVERYTHING)
+            reading = WsClient(10_000, EVERYTHING)
             agent._clients.update({stalled, reading})
             batches = [validated(self.make_records(1, m)) for m in range(1, 11)]
             for batch in batches:
@@ -638,16 +639,22 @@ class TestPmAgent(AgentContract):
         expected: list[tuple[int, str]] = []
         last: dict[int, str] = {}
         for p in predictions:
-            if should_alert(last.get(p.machine_id), p.level, agent.settings.alert_min_level):
+            previous = last.get(p.machine_id)
+            if should_alert(previous, p.level, agent.settings.alert_min_level):
                 expected.append((p.machine_id, p.level))
+            elif p.level == "NORMAL" and previous not in (None, "NORMAL"):
+                expected.append((p.machine_id, "NORMAL"))  # return to normal
             last[p.machine_id] = p.level
-        assert expected, "40 ticks of 30 min over 20 machines should raise some alert"
+        raised = [e for e in expected if e[1] != "NORMAL"]
+        assert raised, "40 ticks of 30 min over 20 machines should raise some alert"
+        assert len(raised) < len(expected), "... and some machine should come back to normal"
 
         alerts = await drain(alerts_sub)
         assert [(a.machine_id, a.level) for a in alerts] == expected
-        assert agent.counters["alerts"] == len(expected)
+        assert agent.counters["alerts"] == len(raised)
+        assert agent.counters["returns_to_normal"] == len(expected) - len(raised)
         for a in alerts:
             assert isinstance(a, Alert)
             assert a.source == agent.agent_id
-            assert a.type in ("IMMINENT_FAILURE", "LOW_RUL")
+            assert a.type in ("IMMINENT_FAILURE", "LOW_RUL", RETURN_TO_NORMAL)
             assert f"Machine {a.machine_id}" in a.details

@@ -188,7 +188,10 @@ async def test_a_simulated_attack_is_detected_escalates_and_raises_alerts(settin
     named = {i["feature"] for i in during[5]["indicators"]}
     assert {"network_latency_ms", "packet_loss_pct"} <= named
 
-    assert [a.level for a in raised] == ["WARNING", "CRITICAL"]
+    # ... and when the attack is over, a return to normal clears the alarm.
+    assert [a.level for a in raised] == ["WARNING", "CRITICAL", "NORMAL"]
+    back = raised.pop()
+    assert back.type == "RETURN_TO_NORMAL" and back.machine_id == predictions[0]["machine_id"]
     machine = predictions[0]["machine_id"]
     for alert in raised:
         assert alert.type in ("DDOS_RISK", "NETWORK_DEGRADATION")

@@ -147,11 +147,10 @@ async def test_a_worker_without_a_helmet_is_one_episode_and_one_alert(settings: 
     assert {r["level"] for r, ok in zip(results, compliant, strict=True) if ok} == {"NORMAL"}
     assert {tuple(r["result"]["missing_items"]) for r in results} == {(), ("helmet",)}
 
-    # One alert per episode, however many frames it lasted.
-    assert [[(a.type, a.level) for a in alerts] for alerts in published] == [
-        [("PPE_VIOLATION", "CRITICAL")],
-        [("PPE_VIOLATION", "CRITICAL")],
-    ]
+    # One alert per episode, however many frames it lasted, and a return to normal after.
+    episode = [("PPE_VIOLATION", "CRITICAL"), ("RETURN_TO_NORMAL", "NORMAL")]
+    assert [[(a.type, a.level) for a in alerts] for alerts in published] == [episode, episode]
+    assert {a.camera_id for alerts in published for a in alerts} == {"gate2"}
     for alert in (published[0][0], published[1][0]):
         assert "gate2" in alert.details and "helmet" in alert.details
         assert alert.source == "ppe_agent" and alert.machine_id is None

@@ -27,7 +27,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from ..api import ApiError, json_response, query_int, read_json, rejected_response
 from ..data.schema import parse_many
@@ -36,9 +36,10 @@ from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
 from ..inference import Inference, LatencyWindow
 from ..ingest import REJECTED_TOPIC
 from ..levels import RANK, should_alert, worst
-from ..messages import Alert, Prediction, Rejection, TelemetryRecord
+from ..messages import RETURN_TO_NORMAL, Alert, Prediction, Rejection, TelemetryRecord
 from ..settings import LEVELS, AgentSettings, Level
 from ..store import Store
+from ..ws import WsClient, frame, stream
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ class Checkpoint(msgspec.Struct, kw_only=True):
 
 _checkpoint_encoder = msgspec.msgpack.Encoder()
 _checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
-_json = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -91,23 +91,6 @@ class Subject:
 
 
 EVERYTHING = Subject()
-
-
-class _WsClient:
-    """One WebSocket listener: its own bounded queue, so a slow reader only loses its own
-    oldest messages and never holds up the agent or the other clients."""
-
-    def __init__(self, subject: Subject, size: int) -> None:
-        self.subject = subject
-        self.queue: deque[bytes] = deque(maxlen=size)
-        self.ready = asyncio.Event()
-        self.dropped = 0
-
-    def push(self, frame: bytes) -> None:
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1
-        self.queue.append(frame)
-        self.ready.set()
 
 
 class BaseAgent(abc.ABC):
@@ -132,7 +115,7 @@ class BaseAgent(abc.ABC):
         self.latency = LatencyWindow()
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task] = []
-        self._clients: set[_WsClient] = set()
+        self._clients: set[WsClient] = set()
         self._dirty = False
         self._failing = False
         self._scoring = asyncio.Lock()
@@ -173,6 +156,18 @@ class BaseAgent(abc.ABC):
         """The alert for a prediction whose level change is news."""
 
     # -- life cycle --------------------------------------------------------------------
+
+    def return_to_normal(self, prediction: Prediction) -> Alert:
+        p = prediction
+        what = f"Machine {p.machine_id}" if p.machine_id is not None else f"Camera {p.camera_id}"
+        return Alert(
+            source=self.agent_id,
+            type=RETURN_TO_NORMAL,
+            level="NORMAL",
+            machine_id=p.machine_id,
+            camera_id=p.camera_id,
+            details=f"{what} is back to NORMAL",
+        )
 
     @property
     def topic_predictions(self) -> str:
@@ -365,12 +360,19 @@ class BaseAgent(abc.ABC):
             self.history.append(p)
             self.counters[f"level_{p.level}"] += 1
             subject = p.machine_id if p.machine_id is not None else p.camera_id or ""
-            if should_alert(self.last_levels.get(subject), p.level, minimum):
+            previous = self.last_levels.get(subject)
+            if should_alert(previous, p.level, minimum):
                 alerts.append(self.make_alert(p))
+                self.counters["alerts"] += 1
+            elif p.level == "NORMAL" and previous not in (None, "NORMAL"):
+                # The orchestrator clears this subject's alarms on it (ISA-18.2 "return
+                # to normal"). Sent on every way back, not only from the alerting band:
+                # WARNING -> CAUTION -> NORMAL must clear the WARNING alarm too.
+                alerts.append(self.return_to_normal(p))
+                self.counters["returns_to_normal"] += 1
             self.last_levels[subject] = p.level
         self.counters["predictions"] += len(predictions)
         self.counters["batches"] += 1
-        self.counters["alerts"] += len(alerts)
         self.last_prediction_at = time.time()
         self._dirty = True
         return alerts
@@ -503,14 +505,12 @@ class BaseAgent(abc.ABC):
                 chosen = (
                     predictions if key == EVERYTHING else [p for p in predictions if key.matches(p)]
                 )
-                frames[key] = (
-                    _json.encode({"type": "predictions", "data": chosen}) if chosen else b""
-                )
+                frames[key] = frame("predictions", chosen) if chosen else b""
             if frames[key]:
                 client.push(frames[key])
             for alert in alerts:
                 if key.matches(alert):
-                    client.push(_json.encode({"type": "alert", "data": alert}))
+                    client.push(frame("alert", alert))
 
     async def ws_route(self, ws: WebSocket) -> None:
         raw = ws.query_params.get("machine_id")
@@ -522,29 +522,8 @@ class BaseAgent(abc.ABC):
             machine_id = int(raw)
         subject = Subject(machine_id, ws.query_params.get("camera_id") or None)
         await ws.accept()
-        client = _WsClient(subject, self.settings.ws_queue_size)
-        self._clients.add(client)
-        sender = asyncio.create_task(self._ws_send(ws, client))
-        try:
-            client.push(_json.encode({"type": "hello", "data": self.health()}))
-            while True:
-                # Listening is how a closed connection is noticed; clients need not talk.
-                await ws.receive_text()
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            self._clients.discard(client)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-
-    async def _ws_send(self, ws: WebSocket, client: _WsClient) -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            while True:
-                await client.ready.wait()
-                client.ready.clear()
-                while client.queue:
-                    await ws.send_text(client.queue.popleft().decode())
+        client = WsClient(self.settings.ws_queue_size, subject)
+        await stream(ws, self._clients, client, frame("hello", self.health()))
 
     # -- REST --------------------------------------------------------------------------
 
