@@ -6,18 +6,21 @@ Every error answer has the shape {"error": code, "detail": text}.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import typing
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import FactoryError, RecordError
+from .errors import FactoryError, RecordError, StoreError
 from .messages import Alert, Rejection
-from .settings import LEVELS
 
 log = logging.getLogger(__name__)
+S = TypeVar("S")
 _encoder = msgspec.json.Encoder()
 
 
@@ -99,28 +102,40 @@ async def read_alerts(request: Request, max_bytes: int) -> tuple[list[Alert], bo
     items = [body] if single else body
     if not items:
         raise ApiError(400, "empty_batch", "the array holds no alerts")
-    return [_parse_alert(item, None if single else i) for i, item in enumerate(items)], single
+    alerts = [
+        convert(item, Alert, "invalid_alert", "alert", None if single else i)
+        for i, item in enumerate(items)
+    ]
+    return alerts, single
 
 
-def _parse_alert(item: Any, index: int | None) -> Alert:
-    where = "" if index is None else f"alert {index}: "
+async def read_struct(request: Request, max_bytes: int, type_: type[S], code: str) -> S:
+    """A request body as the Struct `type_`; ApiError 422 `code` names the bad field."""
+    body = await read_json(request, max_bytes)
+    return convert(body, type_, code, "body")
+
+
+def convert(item: Any, type_: type[S], code: str, what: str, index: int | None = None) -> S:
+    where = "" if index is None else f"{what} {index}: "
     if not isinstance(item, dict):
         raise ApiError(
             422,
-            "invalid_alert",
-            f"{where}an alert must be a JSON object, got {type(item).__name__}",
+            code,
+            f"{where}the {what} must be a JSON object, got {type(item).__name__}",
             field=None,
             index=index,
         )
     try:
-        return msgspec.convert(item, Alert)
+        return msgspec.convert(item, type_)
     except msgspec.ValidationError as exc:
-        field, reason = _explain_alert(exc, item)
+        field, reason = _explain(exc, item, type_)
         detail = f"{where}{field}: {reason}" if field else f"{where}{reason}"
-        raise ApiError(422, "invalid_alert", detail, field=field, index=index) from None
+        raise ApiError(422, code, detail, field=field, index=index) from None
 
 
-def _explain_alert(exc: msgspec.ValidationError, item: dict[str, Any]) -> tuple[str | None, str]:
+def _explain(
+    exc: msgspec.ValidationError, item: dict[str, Any], type_: type
+) -> tuple[str | None, str]:
     text = str(exc)
     if text.startswith("Object missing required field `"):
         return text.split("`")[1], "required field is missing"
@@ -128,9 +143,54 @@ def _explain_alert(exc: msgspec.ValidationError, item: dict[str, Any]) -> tuple[
     if not sep:
         return None, text
     field = path.rstrip("`").split(".")[0].split("[")[0]
-    if field == "level":
-        return field, f"{item.get(field)!r} is not one of {', '.join(LEVELS)}"
+    allowed = _literal_values(type_, field)
+    if allowed and reason.startswith("Invalid enum value"):
+        return field, f"{item.get(field)!r} is not one of {', '.join(map(str, allowed))}"
     return field, reason
+
+
+def _literal_values(type_: type, field: str) -> tuple[Any, ...]:
+    """The allowed values of a Literal field (also inside Optional), in declared order."""
+    hint = typing.get_type_hints(type_).get(field)
+    for t in (hint, *typing.get_args(hint)):
+        if typing.get_origin(t) is typing.Literal:
+            return typing.get_args(t)
+    return ()
+
+
+def query_time(request: Request, name: str) -> float | None:
+    """A time in the query as Unix seconds: ISO 8601 (no zone means UTC) or seconds."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            400,
+            "bad_query",
+            f"{name}: expected an ISO 8601 time (2026-01-31T08:00:00Z) or Unix seconds, "
+            f"got {raw!r}",
+        ) from None
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+
+
+def query_choice(request: Request, name: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    """A comma-separated list of values from `allowed`; empty means no filter."""
+    raw = request.query_params.get(name) or ""
+    values = tuple(v.strip() for v in raw.split(",") if v.strip())
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        raise ApiError(
+            400,
+            "bad_query",
+            f"{name}: {', '.join(map(repr, wrong))} is not one of {', '.join(allowed)}",
+        )
+    return values
 
 
 async def api_error_handler(_request: Request, exc: Exception) -> Response:
@@ -149,6 +209,11 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail))
 
 
+async def store_error_handler(_request: Request, exc: Exception) -> Response:
+    log.error("store unavailable: %s", exc)
+    return error_response(503, "store_unavailable", f"{exc}; nothing was changed, try again")
+
+
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", f"{type(exc).__name__}; see the server log")
@@ -158,5 +223,6 @@ EXCEPTION_HANDLERS = {
     ApiError: api_error_handler,
     RecordError: record_error_handler,
     HTTPException: http_error_handler,
+    StoreError: store_error_handler,
     Exception: internal_error_handler,
 }

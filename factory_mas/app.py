@@ -35,6 +35,10 @@ from .errors import FactoryError
 from .hub import Hub
 from .inference import Inference
 from .ingest import Intake
+from .notify import Notifier
+from .orchestrator.routes import OrchestratorRoutes
+from .orchestrator.service import Orchestrator
+from .planner import Planner
 from .replay import CameraReplay, Replay
 from .settings import Settings
 from .store import Store
@@ -74,6 +78,9 @@ class Components:
     agents: list[BaseAgent]
     replay: Replay
     cameras: CameraReplay
+    planner: Planner
+    notifier: Notifier
+    orchestrator: Orchestrator
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -81,7 +88,12 @@ class Components:
     async def health(self) -> tuple[bool, dict[str, Any]]:
         store_ok = await self.store.ping()
         agents = {a.agent_id: a.health()["status"] for a in self.agents}
-        ok = store_ok and self.ready and all(a.health()["healthy"] for a in self.agents)
+        ok = (
+            store_ok
+            and self.ready
+            and self.orchestrator.running
+            and all(a.health()["healthy"] for a in self.agents)
+        )
         body = {
             "status": "ok" if ok else "degraded",
             "version": __version__,
@@ -90,6 +102,7 @@ class Components:
             "components": {
                 "store": store_ok,
                 "agents": agents,
+                "orchestrator": "running" if self.orchestrator.running else "stopped",
                 "replay": self.replay.stats()["running"] if self.settings.replay.enabled else "off",
             },
         }
@@ -126,6 +139,9 @@ class Components:
                 "cameras": self.cameras.stats(),
             },
             "agents": {a.agent_id: a.stats() for a in self.agents},
+            "orchestrator": self.orchestrator.stats(),
+            "planner": self.planner.stats(),
+            "notify": self.notifier.stats(),
             "hub": self.hub.stats(),
         }
 
@@ -155,7 +171,24 @@ def build_components(settings: Settings) -> Components:
 
     cameras = CameraReplay(settings.replay, frame_to_hub)
     agents = build_agents(settings, ctx)
-    return Components(settings, hub, store, inference, intake, agents, replay, cameras)
+    planner = Planner(settings.planner, settings.server.max_body_bytes)
+    notifier = Notifier(settings.notify, store)
+    orchestrator = Orchestrator(
+        settings, hub, store, planner, notifier, settings.server.max_body_bytes
+    )
+    return Components(
+        settings,
+        hub,
+        store,
+        inference,
+        intake,
+        agents,
+        replay,
+        cameras,
+        planner,
+        notifier,
+        orchestrator,
+    )
 
 
 def build_app(settings: Settings) -> Starlette:
@@ -166,6 +199,11 @@ def build_app(settings: Settings) -> Starlette:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(c.store)
             stack.callback(c.hub.close)
+            await stack.enter_async_context(c.notifier)
+            await stack.enter_async_context(c.planner)
+            # Before the agents: it must be listening when they send their first alerts,
+            # and still listening while they drain on shutdown.
+            await stack.enter_async_context(c.orchestrator)
             await stack.enter_async_context(c.inference)
             for agent in c.agents:
                 await stack.enter_async_context(agent)
@@ -199,10 +237,16 @@ def build_app(settings: Settings) -> Starlette:
     async def status(_request: Request) -> Response:
         return json_response(c.status())
 
+    orchestrator_routes = OrchestratorRoutes(c.orchestrator)
+
     routes: list[BaseRoute] = [
         Route("/health", health),
         Route("/status", status),
+        Route("/system-state", orchestrator_routes.system_state),
         *c.intake.routes(),
+        Mount("/api/orchestrator", routes=orchestrator_routes.routes()),
+        Mount("/api/planner", routes=c.planner.routes()),
+        Mount("/api/notify", routes=c.notifier.routes()),
         *(Mount(f"/api/{a.slug}", routes=a.routes()) for a in c.agents),
     ]
     middleware = []

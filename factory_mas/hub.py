@@ -28,7 +28,13 @@ from typing import Any
 
 from .errors import FactoryError
 
-PROTECTED_FILTERS = ("alerts/#", "orchestrator/decisions", "config/#", "backlog/#")
+PROTECTED_FILTERS = (
+    "alerts/#",
+    "orchestrator/decisions",
+    "orchestrator/alarms",
+    "config/#",
+    "backlog/#",
+)
 _TOPIC_CACHE_MAX = 10_000
 _STATS_TOPICS_MAX = 2_000
 

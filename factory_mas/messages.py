@@ -90,8 +90,15 @@ class Alert(Struct, kw_only=True):
     # For alerts about a place rather than a machine (a PPE camera).
     camera_id: str | None = None
     value: float | None = None
-    id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+    id: Annotated[str, Meta(min_length=1, max_length=64)] = msgspec.field(
+        default_factory=lambda: uuid.uuid4().hex
+    )
     timestamp: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        # A sender's time without a zone is read as UTC, so alarm times stay comparable.
+        if self.timestamp.tzinfo is None:
+            self.timestamp = self.timestamp.replace(tzinfo=UTC)
 
 
 # -- orchestrator ----------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""The orchestrator's SQL: alarms, their audit trail, the alert log and decisions.
+
+Every function takes a SQLAlchemy Connection and runs inside the transaction that
+`Store.write` / `Store.read` opens, so one alert's alarm change, audit line and plan flag
+commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..messages import Alarm, AlarmEvent, AlarmState, Alert, Decision
+from ..store import alarm_events, alarms, alerts, decisions
+from .logic import Change, Key, is_open, key_of
+
+_encode = msgspec.json.encode
+_alarm = msgspec.json.Decoder(Alarm)
+_event = msgspec.json.Decoder(AlarmEvent)
+_alert = msgspec.json.Decoder(Alert)
+_decision = msgspec.json.Decoder(Decision)
+
+
+def _columns(alarm: Alarm, plan_pending: bool | None) -> dict[str, object]:
+    values: dict[str, object] = {
+        "source": alarm.source,
+        "type": alarm.type,
+        "subject": key_of(alarm)[2],
+        "machine_id": alarm.machine_id,
+        "state": alarm.state,
+        "level": alarm.level,
+        "highest_level": alarm.highest_level,
+        "first_seen": alarm.first_seen.timestamp(),
+        "last_seen": alarm.last_seen.timestamp(),
+        "open": is_open(alarm),
+        "data": _encode(alarm),
+    }
+    if plan_pending is not None:
+        values["plan_pending"] = plan_pending
+    return values
+
+
+def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change]) -> None:
+    """Log the alerts and commit the alarm changes they caused, with their audit lines.
+
+    New alarms get their id here. One batch may raise an alarm and update it again; both
+    changes then carry id 0 and the second must update the row the first inserted.
+    """
+    now = time.time()
+    if received:
+        conn.execute(
+            alerts.insert(),
+            [{"id": a.id, "received_at": now, "data": _encode(a)} for a in received],
+        )
+    assigned: dict[Key, int] = {}
+    for change in changes:
+        alarm = change.alarm
+        if alarm.id == 0 and key_of(alarm) in assigned:
+            alarm.id = assigned[key_of(alarm)]
+        # A plan owed stays owed until a decision settles it (see mark_planned).
+        pending = True if change.plan else None
+        if alarm.id == 0:
+            result = conn.execute(alarms.insert().values(_columns(alarm, bool(pending))))
+            alarm.id = assigned[key_of(alarm)] = int(result.inserted_primary_key[0])
+            # ... and the update below stores the JSON copy again, now with that id.
+        conn.execute(
+            alarms.update().where(alarms.c.id == alarm.id).values(_columns(alarm, pending))
+        )
+        if change.event is not None:
+            change.event.alarm_id = alarm.id
+            conn.execute(
+                alarm_events.insert().values(
+                    alarm_id=alarm.id,
+                    at=change.event.at.timestamp(),
+                    kind=change.event.kind,
+                    by=change.event.by,
+                    data=_encode(change.event),
+                )
+            )
+
+
+def load_open(conn: Connection) -> list[Alarm]:
+    rows = conn.execute(sa.select(alarms.c.data).where(alarms.c.open).order_by(alarms.c.id))
+    return [_alarm.decode(r.data) for r in rows]
+
+
+def plans_owed(conn: Connection) -> list[int]:
+    rows = conn.execute(sa.select(alarms.c.id).where(alarms.c.plan_pending).order_by(alarms.c.id))
+    return [r.id for r in rows]
+
+
+def mark_planned(conn: Connection, alarm_ids: Sequence[int]) -> None:
+    if alarm_ids:
+        conn.execute(alarms.update().where(alarms.c.id.in_(alarm_ids)).values(plan_pending=False))
+
+
+def save_decision(conn: Connection, decision: Decision) -> None:
+    conn.execute(
+        decisions.insert().values(
+            id=decision.id,
+            at=decision.timestamp.timestamp(),
+            machine_id=decision.plan.machine_id,
+            level=decision.level,
+            data=_encode(decision),
+        )
+    )
+
+
+def recent_decisions(
+    conn: Connection,
+    limit: int,
+    machine_id: int | None = None,
+    since: float | None = None,
+) -> list[Decision]:
+    query = sa.select(decisions.c.data).order_by(decisions.c.seq.desc()).limit(limit)
+    if machine_id is not None:
+        query = query.where(decisions.c.machine_id == machine_id)
+    if since is not None:
+        query = query.where(decisions.c.at >= since)
+    return [_decision.decode(r.data) for r in conn.execute(query)]
+
+
+def recent_alerts(conn: Connection, limit: int) -> list[Alert]:
+    rows = conn.execute(sa.select(alerts.c.data).order_by(alerts.c.seq.desc()).limit(limit))
+    return [_alert.decode(r.data) for r in rows]
+
+
+def annunciations_since(conn: Connection, since: float) -> list[float]:
+    """When alarms were raised or came back since `since`: restores the flood window."""
+    rows = conn.execute(
+        sa.select(alarm_events.c.at)
+        .where(alarm_events.c.at > since, alarm_events.c.kind.in_(("raised", "reactivated")))
+        .order_by(alarm_events.c.at)
+    )
+    return [r.at for r in rows]
+
+
+@dataclass(frozen=True)
+class AlarmQuery:
+    states: tuple[AlarmState, ...] = ()
+    levels: tuple[str, ...] = ()  # matched against the highest level
+    source: str | None = None
+    type: str | None = None
+    machine_id: int | None = None
+    camera_id: str | None = None
+    since: float | None = None  # last seen at or after
+    open: bool | None = None
+    limit: int = 100
+
+
+def find(conn: Connection, q: AlarmQuery) -> list[Alarm]:
+    query = sa.select(alarms.c.data).order_by(alarms.c.last_seen.desc(), alarms.c.id.desc())
+    if q.states:
+        query = query.where(alarms.c.state.in_(q.states))
+    if q.levels:
+        query = query.where(alarms.c.highest_level.in_(q.levels))
+    if q.source:
+        query = query.where(alarms.c.source == q.source)
+    if q.type:
+        query = query.where(alarms.c.type == q.type)
+    if q.machine_id is not None:
+        query = query.where(alarms.c.machine_id == q.machine_id)
+    if q.camera_id:
+        query = query.where(alarms.c.subject == f"camera:{q.camera_id}")
+    if q.since is not None:
+        query = query.where(alarms.c.last_seen >= q.since)
+    if q.open is not None:
+        query = query.where(alarms.c.open == q.open)
+    return [_alarm.decode(r.data) for r in conn.execute(query.limit(q.limit))]
+
+
+def get(conn: Connection, alarm_id: int) -> Alarm | None:
+    data = conn.execute(sa.select(alarms.c.data).where(alarms.c.id == alarm_id)).scalar()
+    return None if data is None else _alarm.decode(data)
+
+
+def events_of(conn: Connection, alarm_id: int) -> list[AlarmEvent]:
+    rows = conn.execute(
+        sa.select(alarm_events.c.id, alarm_events.c.data)
+        .where(alarm_events.c.alarm_id == alarm_id)
+        .order_by(alarm_events.c.id)
+    )
+    out = []
+    for r in rows:
+        event = _event.decode(r.data)
+        event.id = r.id
+        out.append(event)
+    return out

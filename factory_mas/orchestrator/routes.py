@@ -1,0 +1,192 @@
+"""HTTP and WebSocket routes of the orchestrator, mounted at /api/orchestrator."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from ..api import (
+    ApiError,
+    json_response,
+    query_choice,
+    query_int,
+    query_time,
+    read_alerts,
+    read_struct,
+)
+from ..messages import ALARM_STATES, Alarm
+from ..settings import LEVELS
+from ..ws import WsClient, frame, stream
+from . import records
+from .logic import AlarmConflict
+from .service import AlarmNotFound, Orchestrator
+
+LIMIT_MAX = 10_000
+WS_QUEUE = 1024
+Who = Annotated[str, Meta(min_length=1, max_length=200)]
+Note = Annotated[str, Meta(max_length=2000)]
+
+
+# Who did it is required: every change to an alarm goes into its audit trail.
+class AckBody(Struct, forbid_unknown_fields=True):
+    by: Who
+    note: Note = ""
+
+
+class ShelveBody(Struct, forbid_unknown_fields=True):
+    by: Who
+    # None: the configured default; never longer than max_shelve_s.
+    duration_s: Annotated[float, Meta(gt=0)] | None = None
+    reason: Note = ""
+
+
+class UnshelveBody(Struct, forbid_unknown_fields=True):
+    by: Who
+
+
+class CommentBody(Struct, forbid_unknown_fields=True):
+    by: Who
+    text: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+class OrchestratorRoutes:
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.o = orchestrator
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/system-state", self.system_state),
+            Route("/status", self.status),
+            Route("/alert", self.post_alert, methods=["POST"]),
+            Route("/alarms", self.alarms),
+            Route("/alarms/{alarm_id}", self.alarm),
+            Route("/alarms/{alarm_id}/{action}", self.alarm_action, methods=["POST"]),
+            Route("/decisions", self.decisions),
+            WebSocketRoute("/ws", self.ws),
+        ]
+
+    async def system_state(self, _request: Request) -> Response:
+        return json_response(self.o.system_state())
+
+    async def status(self, _request: Request) -> Response:
+        return json_response(self.o.stats())
+
+    async def post_alert(self, request: Request) -> Response:
+        """Alerts from outside the agents (a PLC, a person, another system). Answered once
+        the alarms they change are committed: 202 means it survives a crash."""
+        alerts, _single = await read_alerts(request, self.o.max_body_bytes)
+        self._require_running()
+        alarms = await self.o.submit(alerts)
+        return json_response(
+            {"accepted": len(alerts), "alert_ids": [a.id for a in alerts], "alarms": alarms},
+            202,
+        )
+
+    async def alarms(self, request: Request) -> Response:
+        q = records.AlarmQuery(
+            states=query_choice(request, "state", ALARM_STATES),
+            levels=query_choice(request, "level", LEVELS),
+            source=request.query_params.get("source") or None,
+            type=request.query_params.get("type") or None,
+            machine_id=query_int(request, "machine_id", None, 1, 1_000_000),
+            camera_id=request.query_params.get("camera_id") or None,
+            since=query_time(request, "since"),
+            open=_query_bool(request, "open"),
+            limit=query_int(request, "limit", 100, 1, LIMIT_MAX) or 100,
+        )
+        found = await self.o.store.read(records.find, q)
+        return json_response({"count": len(found), "alarms": found})
+
+    async def alarm(self, request: Request) -> Response:
+        alarm_id = _alarm_id(request)
+        alarm = self.o.alarm_by_id(alarm_id) or await self.o.store.read(records.get, alarm_id)
+        if alarm is None:
+            raise ApiError(404, "not_found", f"no alarm with id {alarm_id}")
+        events = await self.o.store.read(records.events_of, alarm_id)
+        return json_response({"alarm": alarm, "events": events})
+
+    async def alarm_action(self, request: Request) -> Response:
+        alarm_id = _alarm_id(request)
+        action = request.path_params["action"]
+        size = self.o.max_body_bytes
+        alarm: Alarm
+        try:
+            if action == "ack":
+                ack = await read_struct(request, size, AckBody, "invalid_request")
+                alarm = await self.o.ack(alarm_id, ack.by, ack.note)
+            elif action == "shelve":
+                body = await read_struct(request, size, ShelveBody, "invalid_request")
+                alarm = await self.o.shelve(
+                    alarm_id, body.by, self._shelve_duration(body), body.reason
+                )
+            elif action == "unshelve":
+                who = await read_struct(request, size, UnshelveBody, "invalid_request")
+                alarm = await self.o.unshelve(alarm_id, who.by)
+            elif action == "comment":
+                note = await read_struct(request, size, CommentBody, "invalid_request")
+                alarm = await self.o.comment(alarm_id, note.by, note.text)
+            else:
+                raise ApiError(
+                    404,
+                    "not_found",
+                    f"no alarm action {action!r}; use ack, shelve, unshelve or comment",
+                )
+        except AlarmNotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+        except AlarmConflict as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        return json_response(alarm)
+
+    def _shelve_duration(self, body: ShelveBody) -> float:
+        s = self.o.settings
+        duration = s.default_shelve_s if body.duration_s is None else body.duration_s
+        if duration > s.max_shelve_s:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"duration_s: {duration:g} s is longer than the {s.max_shelve_s:g} s allowed "
+                "(orchestrator.max_shelve_s)",
+                field="duration_s",
+            )
+        return duration
+
+    async def decisions(self, request: Request) -> Response:
+        limit = query_int(request, "limit", 100, 1, LIMIT_MAX) or 100
+        machine_id = query_int(request, "machine_id", None, 1, 1_000_000)
+        since = query_time(request, "since")
+        found = await self.o.store.read(records.recent_decisions, limit, machine_id, since)
+        return json_response({"count": len(found), "decisions": found})
+
+    async def ws(self, ws: WebSocket) -> None:
+        """Alarm changes, decisions and flood changes as they happen, after a first
+        "hello" frame holding the whole system state."""
+        await ws.accept()
+        client = WsClient(WS_QUEUE)
+        await stream(ws, self.o.clients, client, frame("hello", self.o.system_state()))
+
+    def _require_running(self) -> None:
+        if not self.o.running:
+            raise ApiError(503, "unavailable", "the orchestrator is not running")
+
+
+def _alarm_id(request: Request) -> int:
+    raw = request.path_params["alarm_id"]
+    if not raw.isdigit() or not 0 < int(raw) < 2**63:
+        raise ApiError(404, "not_found", f"no alarm with id {raw!r}: alarm ids are integers")
+    return int(raw)
+
+
+def _query_bool(request: Request, name: str) -> bool | None:
+    raw = (request.query_params.get(name) or "").lower()
+    if raw == "":
+        return None
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise ApiError(400, "bad_query", f"{name}: expected true or false, got {raw!r}")

@@ -1,0 +1,437 @@
+"""The orchestrator: agents' alerts in, managed alarms and decisions out.
+
+Alerts arrive from the hub (alerts/#) and from POST /api/orchestrator/alert. Every change
+to an alarm is committed to the store before anyone sees it: the open alarms in memory are
+replaced only after the commit, so a failed write changes nothing and a kill -9 loses
+nothing that was answered. One lock serialises alarm changes; that is what makes
+concurrent duplicate alerts land on one alarm.
+
+Plans are made apart from alarm changes (an external planner may take seconds): an alarm
+change that needs a plan sets `plan_pending` in the same transaction, a single worker turns
+it into a decision, and the decision, its SMS outbox row and the reset flag commit together.
+A crash in between leaves the flag set, and the next start plans it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from ..errors import FactoryError, StoreError
+from ..hub import Hub, Subscription, SubscriptionClosed
+from ..levels import worst
+from ..messages import Alarm, Alert, Decision
+from ..notify import Notifier
+from ..planner import Planner
+from ..planner import logic as planning
+from ..settings import Settings
+from ..store import Store
+from ..ws import WsClient, broadcast, frame
+from . import logic, records
+from .logic import AlarmConflict, Change, Key
+
+log = logging.getLogger(__name__)
+
+ALERTS_FILTER = "alerts/#"
+DECISIONS_TOPIC = "orchestrator/decisions"
+ALARMS_TOPIC = "orchestrator/alarms"
+_BATCH = 256
+_RETRY_S = 1.0
+_HOUSEKEEPING_S = 1.0
+_STOP_DRAIN_S = 5.0
+
+
+class AlarmNotFound(FactoryError, LookupError):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Orchestrator:
+    agent_id = "orchestrator"
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        store: Store,
+        planner: Planner,
+        notifier: Notifier,
+        max_body_bytes: int = 10_000_000,
+    ) -> None:
+        self.settings = settings.orchestrator
+        self.planner_settings = settings.planner
+        self.hub, self.store, self.planner, self.notifier = hub, store, planner, notifier
+        self.max_body_bytes = max_body_bytes
+        s = self.settings
+        self.flood = logic.FloodDetector(s.flood_threshold, s.flood_window_s, s.flood_end_below)
+        self.open: dict[Key, Alarm] = {}
+        self.recent_alerts: deque[Alert] = deque(maxlen=s.recent_size)
+        self.recent_decisions: deque[Decision] = deque(maxlen=s.recent_size)
+        self.last_update: datetime | None = None
+        self.clients: set[WsClient] = set()
+        self.counters: dict[str, int] = {
+            "alerts": 0,
+            "alarms_raised": 0,
+            "decisions": 0,
+            "plans_repeated": 0,
+            "store_retries": 0,
+        }
+        self.running = False
+        self._lock = asyncio.Lock()
+        self._plans: asyncio.Queue[int] = asyncio.Queue()
+        # Last plan per subject: the same evidence must not produce the same plan twice.
+        self._last_plan: dict[str, Hashable] = {}
+        self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Orchestrator:
+        await self._restore()
+        self._sub = self.hub.subscribe(ALERTS_FILTER, name=self.agent_id)
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="orchestrator-alerts"),
+            asyncio.create_task(self._plan_worker(), name="orchestrator-plans"),
+            asyncio.create_task(self._housekeeping(), name="orchestrator-housekeeping"),
+        ]
+        self.running = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.running = False
+        if self._sub is not None:
+            # Closing lets the consumer take what is queued first: the agents have already
+            # stopped, and alerts they sent must become alarms before we go.
+            self._sub.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), _STOP_DRAIN_S)
+        # Owed plans are not waited for: their flags are in the store for the next start.
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _restore(self) -> None:
+        now = time.time()
+        horizon = now - self.planner_settings.correlation_window_s - 3600
+
+        def load(conn: Any) -> tuple:
+            return (
+                records.load_open(conn),
+                records.recent_alerts(conn, self.settings.recent_size),
+                records.recent_decisions(conn, self.settings.recent_size),
+                records.recent_decisions(conn, 10_000, since=horizon),
+                records.annunciations_since(conn, now - self.settings.flood_window_s),
+                records.plans_owed(conn),
+            )
+
+        alarms, alerts, decisions, planned, annunciations, owed = await self.store.read(load)
+        self.open = {logic.key_of(a): a for a in alarms}
+        self.recent_alerts.extend(alerts)
+        self.recent_decisions.extend(decisions)
+        for decision in reversed(planned):  # oldest first, so the newest wins
+            self._last_plan[self._subject_of_plan(decision)] = planning.signature(
+                decision.plan, decision.alarm_ids
+            )
+        for at in annunciations:
+            self.flood.note(at)
+        self.flood.update(now)
+        for alarm_id in owed:
+            self._plans.put_nowait(alarm_id)
+        if alarms or owed:
+            log.info("orchestrator: %d open alarms restored, %d plans owed", len(alarms), len(owed))
+
+    @staticmethod
+    def _subject_of_plan(decision: Decision) -> str:
+        return logic.subject_of(decision.plan.machine_id, decision.plan.camera_id)
+
+    # -- alerts ------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        assert self._sub is not None
+        while True:
+            try:
+                messages = await self._sub.get_many(_BATCH)
+            except SubscriptionClosed:
+                return
+            alerts = [a for m in messages for a in self._alerts_of(m.payload, m.topic)]
+            while alerts:
+                try:
+                    await self.submit(alerts)
+                    break
+                except StoreError as exc:
+                    # Alarms are never dropped: hold the batch until the store is back.
+                    self.counters["store_retries"] += 1
+                    if self.counters["store_retries"] % 60 == 1:
+                        log.error("orchestrator: cannot save alarms, retrying: %s", exc)
+                    await asyncio.sleep(_RETRY_S)
+
+    def _alerts_of(self, payload: Any, topic: str) -> list[Alert]:
+        items = payload if isinstance(payload, list) else [payload]
+        out = []
+        for item in items:
+            if isinstance(item, Alert):
+                out.append(item)
+                continue
+            try:
+                if isinstance(item, bytes | str):
+                    out.append(msgspec.json.decode(item, type=Alert))
+                else:
+                    out.append(msgspec.convert(item, Alert))
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.warning("orchestrator: alert on %s ignored: %s", topic, exc)
+        return out
+
+    async def submit(self, alerts: Sequence[Alert]) -> list[Alarm]:
+        """Apply alerts to the alarms and commit; returns the alarms they changed.
+
+        Raises StoreError when the store cannot take it; then nothing has changed.
+        """
+        async with self._lock:
+            working = dict(self.open)
+            changes: list[Change] = []
+            for alert in alerts:
+                for change in logic.apply_alert(working, alert):
+                    changes.append(change)
+                    self._keep(working, change.alarm)
+            await self.store.write(records.save, list(alerts), changes)
+            self.open = working
+        self.counters["alerts"] += len(alerts)
+        self.recent_alerts.extendleft(alerts)
+        await self._after(changes)
+        return _distinct([c.alarm for c in changes])
+
+    @staticmethod
+    def _keep(alarms: dict[Key, Alarm], alarm: Alarm) -> None:
+        if logic.is_open(alarm):
+            alarms[logic.key_of(alarm)] = alarm
+        else:
+            alarms.pop(logic.key_of(alarm), None)
+
+    async def _after(self, changes: Sequence[Change]) -> None:
+        """What follows a committed change: flood count, plans, listeners."""
+        if not changes:
+            return
+        now = time.time()
+        self.last_update = _now()
+        for change in changes:
+            if change.annunciated:
+                self.flood.note(now)
+            if change.event is not None and change.event.kind == "raised":
+                self.counters["alarms_raised"] += 1
+            if change.plan:
+                self._plans.put_nowait(change.alarm.id)
+        self._flood_check(now)
+        for alarm in _distinct([c.alarm for c in changes]):
+            broadcast(self.clients, frame("alarm", alarm))
+            await self.hub.publish(ALARMS_TOPIC, alarm, origin=self.agent_id)
+
+    def _flood_check(self, now: float) -> None:
+        started = self.flood.update(now)
+        if started is None:
+            return
+        state = self.flood_state()
+        if started:
+            log.warning(
+                "alarm flood: %d new alarms in %.0f s; alarms below %s are grouped",
+                state["new_alarms_in_window"],
+                self.settings.flood_window_s,
+                self.settings.flood_group_below,
+            )
+        else:
+            log.info("alarm flood over: %d new alarms in the window", state["new_alarms_in_window"])
+        self.last_update = _now()
+        broadcast(self.clients, frame("flood", state))
+
+    # -- operator actions --------------------------------------------------------------
+
+    async def act(self, alarm_id: int, action: Callable[[Alarm], Change]) -> Alarm:
+        """Apply an operator's action (ack, shelve, comment ...) to one alarm and commit.
+
+        Raises AlarmNotFound, AlarmConflict (from the action) or StoreError.
+        """
+        async with self._lock:
+            alarm = self.alarm_by_id(alarm_id)
+            if alarm is None:
+                alarm = await self.store.read(records.get, alarm_id)
+            if alarm is None:
+                raise AlarmNotFound(f"no alarm with id {alarm_id}")
+            change = action(alarm)
+            await self.store.write(records.save, [], [change])
+            if logic.is_open(alarm) or logic.is_open(change.alarm):
+                working = dict(self.open)
+                self._keep(working, change.alarm)
+                self.open = working
+        await self._after([change])
+        return change.alarm
+
+    def alarm_by_id(self, alarm_id: int) -> Alarm | None:
+        return next((a for a in self.open.values() if a.id == alarm_id), None)
+
+    async def ack(self, alarm_id: int, by: str, note: str = "") -> Alarm:
+        return await self.act(alarm_id, lambda a: logic.acknowledge(a, by, _now(), note))
+
+    async def shelve(self, alarm_id: int, by: str, duration_s: float, reason: str = "") -> Alarm:
+        at = _now()
+        until = at + timedelta(seconds=duration_s)
+        return await self.act(alarm_id, lambda a: logic.shelve(a, by, at, until, reason))
+
+    async def unshelve(self, alarm_id: int, by: str) -> Alarm:
+        return await self.act(alarm_id, lambda a: logic.unshelve(a, by, _now()))
+
+    async def comment(self, alarm_id: int, by: str, text: str) -> Alarm:
+        return await self.act(alarm_id, lambda a: logic.comment(a, by, _now(), text))
+
+    # -- plans -------------------------------------------------------------------------
+
+    async def _plan_worker(self) -> None:
+        while True:
+            alarm_id = await self._plans.get()
+            while True:
+                try:
+                    await self._decide(alarm_id)
+                    break
+                except StoreError as exc:
+                    self.counters["store_retries"] += 1
+                    log.error("orchestrator: cannot save the decision, retrying: %s", exc)
+                    await asyncio.sleep(_RETRY_S)
+            self._plans.task_done()
+
+    async def _decide(self, alarm_id: int) -> None:
+        trigger = self.alarm_by_id(alarm_id)
+        # Cleared, closed or shelved since: nothing to do about it now.
+        if (
+            trigger is None
+            or trigger.state not in logic.ACTIVE_STATES
+            or logic.is_shelved(trigger, _now())
+        ):
+            await self.store.write(records.mark_planned, [alarm_id])
+            return
+        group = planning.correlated(
+            trigger, self.open.values(), self.planner_settings.correlation_window_s
+        )
+        plan, planner = await self.planner.plan(group)
+        ids = [a.id for a in group]
+        subject = logic.key_of(trigger)[2]
+        signature = planning.signature(plan, ids)
+        if self._last_plan.get(subject) == signature:
+            self.counters["plans_repeated"] += 1
+            await self.store.write(records.mark_planned, [alarm_id])
+            return
+        decision = Decision(
+            alarm_ids=ids,
+            level=worst([a.highest_level for a in group]),
+            plan=plan,
+            planner=planner,
+        )
+
+        def commit(conn: Any) -> None:
+            decision.notified = self.notifier.queue_decision(conn, decision)
+            records.save_decision(conn, decision)
+            records.mark_planned(conn, [alarm_id])
+
+        await self.store.write(commit)
+        self._last_plan[subject] = signature
+        self.counters["decisions"] += 1
+        self.recent_decisions.appendleft(decision)
+        self.last_update = _now()
+        if decision.notified is not None:
+            self.notifier.wake()
+        broadcast(self.clients, frame("decision", decision))
+        await self.hub.publish(DECISIONS_TOPIC, decision, origin=self.agent_id)
+
+    async def idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every owed plan is made (tests and orderly shutdowns use it)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._plans.join(), timeout_s)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_S)
+            try:
+                await self.unshelve_expired()
+            except StoreError as exc:
+                log.error("orchestrator: cannot unshelve expired alarms: %s", exc)
+            self._flood_check(time.time())
+
+    async def unshelve_expired(self) -> None:
+        """Shelving is for a while only: return alarms whose time is up."""
+        now = _now()
+        for alarm in list(self.open.values()):
+            if alarm.shelved_until is not None and alarm.shelved_until <= now:
+                with contextlib.suppress(AlarmConflict, AlarmNotFound):
+                    await self.act(
+                        alarm.id, lambda a: logic.unshelve(a, "system", now, "shelving expired")
+                    )
+
+    # -- views -------------------------------------------------------------------------
+
+    def flood_state(self) -> dict[str, Any]:
+        return {
+            "active": self.flood.active,
+            "since": _iso(self.flood.since),
+            "new_alarms_in_window": self.flood.in_window(time.time()),
+            "threshold": self.settings.flood_threshold,
+            "ends_below": self.settings.flood_end_below,
+            "window_s": self.settings.flood_window_s,
+            "grouped_below": self.settings.flood_group_below,
+        }
+
+    def system_state(self) -> dict[str, Any]:
+        now = _now()
+        open_alarms = sorted(self.open.values(), key=lambda a: (a.last_seen, a.id), reverse=True)
+        groups = (
+            logic.flood_groups(open_alarms, self.settings.flood_group_below)
+            if self.flood.active
+            else []
+        )
+        grouped = {i for g in groups for i in g.alarm_ids}
+        return {
+            "alerts": list(self.recent_alerts),
+            "decisions": list(self.recent_decisions),
+            "last_update": self.last_update,
+            "alarm_counts": logic.counts(open_alarms, now),
+            "alarms": [a for a in open_alarms if a.id not in grouped],
+            "alarm_groups": groups,
+            "flood": self.flood_state(),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "open_alarms": len(self.open),
+            "unacknowledged": sum(
+                a.state in ("ACTIVE_UNACK", "CLEARED_UNACK") for a in self.open.values()
+            ),
+            "plans_owed": self._plans.qsize(),
+            "flood": self.flood.active,
+            "ws_clients": len(self.clients),
+            **self.counters,
+        }
+
+
+def _distinct(alarms: list[Alarm]) -> list[Alarm]:
+    """The last version of each alarm, in order of first appearance."""
+    last: dict[int, Alarm] = {}
+    for alarm in alarms:
+        last[alarm.id] = alarm
+    return list(last.values())
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
