@@ -246,6 +246,11 @@ class PpeSettings(AgentSettings):
             raise ValueError(f"camera_machines maps two cameras to one machine: {machines}")
 
 
+def _check_url(url: str, name: str) -> None:
+    if url and not re.match(r"https?://[^/\s]+", url):
+        raise ValueError(f"{name} must be an http:// or https:// URL, got {url!r}")
+
+
 class OrchestratorSettings(_Section):
     # Alarm flood (ISA-18.2 uses 10 new alarms per operator in 10 minutes): more than
     # flood_threshold new alarms within flood_window_s starts one; it ends when fewer than
@@ -374,6 +379,9 @@ class PlannerSettings(_Section):
         )
     )
 
+    def __post_init__(self) -> None:
+        _check_url(self.url, "url (PLANNER_URL)")
+
 
 class NotifySettings(_Section):
     # Twilio credentials (env TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER,
@@ -396,6 +404,27 @@ class NotifySettings(_Section):
     retry_max_s: PositiveFloat = 900.0
     max_attempts: Annotated[int, Meta(ge=1, le=100)] = 8
     send_timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0
+
+    def __post_init__(self) -> None:
+        _check_url(self.twilio_base_url, "twilio_base_url")
+        named = {
+            "TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+            "TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+            "TWILIO_FROM_NUMBER": self.twilio_from_number,
+            "TWILIO_TO_NUMBER": self.twilio_to_number,
+        }
+        missing = [name for name, value in named.items() if not value]
+        # Half a set of credentials is a typo, not a choice: say so now, not at 3 am.
+        if missing and len(missing) < len(named):
+            raise ValueError(
+                "the Twilio settings go together; set all four or none, missing: "
+                + ", ".join(missing)
+            )
+        for name in ("TWILIO_FROM_NUMBER", "TWILIO_TO_NUMBER"):
+            number = named[name]
+            if number and not re.fullmatch(r"\+[1-9]\d{6,14}", number):
+                # The number itself stays out of the message: it is personal data.
+                raise ValueError(f"{name} must be an E.164 number like +15551234567")
 
     @property
     def configured(self) -> bool:

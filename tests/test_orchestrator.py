@@ -151,6 +151,7 @@ async def test_acked_alarm_that_gets_worse_needs_acknowledging_again(settings):
         assert same["state"] == "ACTIVE_ACK"
         worse = (await post_alert(client, alert(level="EMERGENCY")))["alarms"][0]
     assert worse["state"] == "ACTIVE_UNACK" and worse["highest_level"] == "EMERGENCY"
+    assert worse["acked_by"] is None and worse["acked_at"] is None
 
 
 async def test_operator_actions_answer_conflicts_and_bad_requests(settings):

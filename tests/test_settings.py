@@ -296,3 +296,41 @@ def test_threshold_ordering_must_be_strict(critical: str, warning: str, caution:
         "FACTORY_AGENTS_PM_RUL_CAUTION_HOURS": caution,
     }
     bad_settings(path=SETTINGS_TOML, env=env)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"PLANNER_URL": "planner.local"}, ["PLANNER_URL", "http://"]),
+        ({"TWILIO_ACCOUNT_SID": "AC1"}, ["all four", "TWILIO_AUTH_TOKEN", "TWILIO_TO_NUMBER"]),
+        (
+            {
+                "TWILIO_ACCOUNT_SID": "AC1",
+                "TWILIO_AUTH_TOKEN": "secret-token",
+                "TWILIO_FROM_NUMBER": "+15550001111",
+                "TWILIO_TO_NUMBER": "0555 123",
+            },
+            ["TWILIO_TO_NUMBER", "E.164"],
+        ),
+        ({"FACTORY_ORCHESTRATOR_FLOOD_END_BELOW": "20"}, ["flood_end_below", "flood_threshold"]),
+    ],
+)
+def test_orchestrator_planner_and_notify_settings_are_checked(env, words) -> None:
+    message = bad_settings(env=env)
+    assert_names(message, *words)
+    # Secrets and phone numbers stay out of the message.
+    assert "secret-token" not in message and "0555 123" not in message
+
+
+def test_twilio_credentials_come_from_their_usual_names() -> None:
+    s = load_settings(
+        env={
+            "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+            "TWILIO_AUTH_TOKEN": "t",
+            "TWILIO_FROM_NUMBER": "+15550001111",
+            "TWILIO_TO_NUMBER": "+15550002222",
+            "PLANNER_URL": "http://planner.local:9000/plan",
+        }
+    )
+    assert s.notify.configured and s.notify.twilio_to_number == "+15550002222"
+    assert s.planner.url == "http://planner.local:9000/plan"

@@ -111,11 +111,15 @@ def update_alarm(alarm: Alarm, alert: Alert) -> Change:
     escalated = RANK[alert.level] > RANK[alarm.highest_level]
     reactivated = alarm.state == "CLEARED_UNACK"
     state: AlarmState = alarm.state
+    acked_by, acked_at = alarm.acked_by, alarm.acked_at
     if reactivated or (escalated and state == "ACTIVE_ACK"):
-        state = "ACTIVE_UNACK"
+        # Annunciated again: the earlier acknowledgement no longer covers it.
+        state, acked_by, acked_at = "ACTIVE_UNACK", None, None
     new = replace(
         alarm,
         state=state,
+        acked_by=acked_by,
+        acked_at=acked_at,
         level=alert.level,
         highest_level=alert.level if escalated else alarm.highest_level,
         count=alarm.count + 1,
@@ -148,6 +152,10 @@ def clears(alert: Alert, alarm: Alarm) -> bool:
     source on its subject; a NORMAL alert of a type clears that type's alarm only."""
     if alert.source != alarm.source:
         return False
+    # A return to normal older than the alarm's last alert is stale news (deliveries can
+    # overtake each other); the condition was seen again after it.
+    if alert.timestamp < alarm.last_seen:
+        return False
     if subject_of(alert.machine_id, alert.camera_id) != subject_of(
         alarm.machine_id, alarm.camera_id
     ):
@@ -166,7 +174,9 @@ def apply_alert(open_alarms: dict[Key, Alarm], alert: Alert) -> list[Change]:
                     changes.append(change)
         return changes
     current = open_alarms.get(key_of(alert))
-    return [raise_alarm(alert) if current is None else update_alarm(current, alert)]
+    if current is None or not is_open(current):
+        return [raise_alarm(alert)]
+    return [update_alarm(current, alert)]
 
 
 def acknowledge(alarm: Alarm, by: str, at: datetime, note: str = "") -> Change:
