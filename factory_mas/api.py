@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import typing
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -18,6 +17,7 @@ from starlette.responses import Response
 
 from .errors import FactoryError, RecordError, StoreError
 from .messages import Alert, Rejection
+from .times import parse_instant
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -164,19 +164,9 @@ def query_time(request: Request, name: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(
-            400,
-            "bad_query",
-            f"{name}: expected an ISO 8601 time (2026-01-31T08:00:00Z) or Unix seconds, "
-            f"got {raw!r}",
-        ) from None
-    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+        return parse_instant(raw)
+    except ValueError as exc:
+        raise ApiError(400, "bad_query", f"{name}: {exc}, got {raw!r}") from None
 
 
 def query_choice(request: Request, name: str, allowed: Sequence[str]) -> tuple[str, ...]:

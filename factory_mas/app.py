@@ -32,6 +32,7 @@ from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
 from .api import EXCEPTION_HANDLERS, json_response
 from .errors import FactoryError
+from .history import HistoryWriter
 from .hub import Hub
 from .inference import Inference
 from .ingest import Intake
@@ -81,6 +82,7 @@ class Components:
     planner: Planner
     notifier: Notifier
     orchestrator: Orchestrator
+    history: HistoryWriter
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -140,6 +142,7 @@ class Components:
             },
             "agents": {a.agent_id: a.stats() for a in self.agents},
             "orchestrator": self.orchestrator.stats(),
+            "history": self.history.stats(),
             "planner": self.planner.stats(),
             "notify": self.notifier.stats(),
             "hub": self.hub.stats(),
@@ -176,6 +179,15 @@ def build_components(settings: Settings) -> Components:
     orchestrator = Orchestrator(
         settings, hub, store, planner, notifier, settings.server.max_body_bytes
     )
+    h = settings.history
+    history = HistoryWriter(
+        hub,
+        store,
+        h.retention_days,
+        h.flush_interval_s,
+        queue_size=h.queue_size,
+        sample_s=h.sample_s,
+    )
     return Components(
         settings,
         hub,
@@ -188,6 +200,7 @@ def build_components(settings: Settings) -> Components:
         planner,
         notifier,
         orchestrator,
+        history,
     )
 
 
@@ -205,6 +218,8 @@ def build_app(settings: Settings) -> Starlette:
             # and still listening while they drain on shutdown.
             await stack.enter_async_context(c.orchestrator)
             await stack.enter_async_context(c.inference)
+            # Before the agents, so it stops after them and writes their last predictions.
+            await stack.enter_async_context(c.history)
             for agent in c.agents:
                 await stack.enter_async_context(agent)
             await stack.enter_async_context(every(JOURNAL_PRUNE_S, c.prune_journal))

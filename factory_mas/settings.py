@@ -251,6 +251,19 @@ def _check_url(url: str, name: str) -> None:
         raise ValueError(f"{name} must be an http:// or https:// URL, got {url!r}")
 
 
+class HistorySettings(_Section):
+    # Predictions kept in the store beyond the agents' in-memory rings, like a process
+    # historian: every change of level, and otherwise one per machine (or camera) and
+    # agent every sample_s seconds. 0 keeps every prediction: at the replay's 50 records/s
+    # that is 250 rows/s, some 8 GB a day.
+    sample_s: Annotated[float, Meta(ge=0)] = 60.0
+    # Stored predictions are deleted this long after they were written (not by record_ts).
+    retention_days: PositiveFloat = 30.0
+    flush_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    # Hub messages waiting to be written; when full the oldest is dropped (and counted).
+    queue_size: PositiveInt = 4096
+
+
 class OrchestratorSettings(_Section):
     # Alarm flood (ISA-18.2 uses 10 new alarms per operator in 10 minutes): more than
     # flood_threshold new alarms within flood_window_s starts one; it ends when fewer than
@@ -454,6 +467,7 @@ class Settings(_Section):
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     agents: AgentsSettings = field(default_factory=AgentsSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
     orchestrator: OrchestratorSettings = field(default_factory=OrchestratorSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)

@@ -29,7 +29,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..api import ApiError, json_response, query_int, read_json, rejected_response
+from .. import history
+from ..api import ApiError, json_response, query_int, query_time, read_json, rejected_response
 from ..data.schema import parse_many
 from ..errors import FactoryError, StoreError
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
@@ -549,11 +550,37 @@ class BaseAgent(abc.ABC):
         return json_response(self.stats())
 
     async def history_route(self, request: Request) -> Response:
-        limit = query_int(request, "limit", 100, 1, HISTORY_LIMIT_MAX)
+        """Newest first. Memory holds the last `history_size`; the store holds the days
+        before, so a time window (since/until on record_ts) is answered from the store."""
+        limit = query_int(request, "limit", 100, 1, HISTORY_LIMIT_MAX) or 100
         machine_id = query_int(request, "machine_id", None, 1, 1_000_000)
         camera_id = request.query_params.get("camera_id") or None
-        items = self.recent(limit or 100, machine_id, camera_id)
-        return json_response({"agent_id": self.agent_id, "count": len(items), "predictions": items})
+        since = query_time(request, "since")
+        until = query_time(request, "until")
+        if since is not None and until is not None and since > until:
+            raise ApiError(
+                400,
+                "bad_query",
+                f"since: {request.query_params['since']!r} is later than until "
+                f"{request.query_params['until']!r}",
+            )
+        windowed = since is not None or until is not None
+        source = request.query_params.get("source") or ("store" if windowed else "memory")
+        if source == "store":
+            items = await history.query(
+                self.ctx.store, self.agent_id, limit, machine_id, camera_id, since, until
+            )
+        elif source == "memory":
+            items = (
+                history.newest(reversed(self.history), limit, machine_id, camera_id, since, until)
+                if windowed
+                else self.recent(limit, machine_id, camera_id)
+            )
+        else:
+            raise ApiError(400, "bad_query", f"source: expected memory or store, got {source!r}")
+        return json_response(
+            {"agent_id": self.agent_id, "source": source, "count": len(items), "predictions": items}
+        )
 
     def parse_request(self, items: list[Any]) -> tuple[list[TelemetryRecord], list[Rejection]]:
         return parse_many(items, source=f"http:{self.slug}")
