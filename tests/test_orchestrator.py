@@ -349,3 +349,17 @@ async def test_bad_queries_and_bodies_get_400(settings):
         assert empty.status_code == 400
         assert (await client.get("/api/orchestrator/alarms/abc")).status_code == 404
         assert (await client.get("/api/orchestrator/decisions?since=soon")).status_code == 400
+
+
+async def test_a_worse_level_with_the_same_plan_is_a_new_decision(settings):
+    async with running_app(settings) as (components, client):
+        await post_alert(client, alert(level="CRITICAL"))
+        await components.orchestrator.idle()
+        await post_alert(client, alert(level="CRITICAL"))
+        await post_alert(client, alert(level="EMERGENCY"))
+        await components.orchestrator.idle()
+        decisions = (await client.get("/api/orchestrator/decisions")).json()["decisions"]
+    assert [(d["level"], d["plan"]["action"]) for d in decisions] == [
+        ("EMERGENCY", "evacuate_area"),
+        ("CRITICAL", "evacuate_area"),
+    ]

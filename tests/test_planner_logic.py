@@ -110,10 +110,26 @@ def test_hazard_and_failure_on_one_machine_make_one_raised_plan() -> None:
 
 
 def test_lead_is_the_most_urgent_playbook_not_the_trigger() -> None:
-    plan = make_plan([alarm(1, "POWER_ANOMALY"), alarm(2, "DDOS_RISK")], SETTINGS)
+    plan = make_plan(
+        [alarm(1, "POWER_ANOMALY", source="energy_agent"), alarm(2, "DDOS_RISK", source="cyber")],
+        SETTINGS,
+    )
     assert plan.action == "isolate_network_segment" and plan.priority == 1
     assert plan.steps[0] == SETTINGS.playbooks["DDOS_RISK"].steps[0]
     assert plan.steps[-1] == SETTINGS.playbooks["POWER_ANOMALY"].steps[-1]
+
+
+def test_two_alarms_of_one_source_are_one_view_and_raise_nothing() -> None:
+    # pm's LOW_RUL and IMMINENT_FAILURE are the same model's view of the same wear.
+    plan = make_plan(
+        [
+            alarm(1, "IMMINENT_FAILURE", "WARNING", source="pm_agent"),
+            alarm(2, "LOW_RUL", "WARNING", source="pm_agent"),
+        ],
+        SETTINGS,
+    )
+    assert plan.action == "stop_machine" and plan.priority == 2
+    assert "correlation" not in plan.rationale
 
 
 def test_priority_tie_goes_to_the_worse_level() -> None:

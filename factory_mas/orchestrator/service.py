@@ -28,7 +28,7 @@ import msgspec
 from ..errors import FactoryError, StoreError
 from ..hub import Hub, Subscription, SubscriptionClosed
 from ..levels import worst
-from ..messages import Alarm, Alert, Decision
+from ..messages import Alarm, Alert, Decision, Plan
 from ..notify import Notifier
 from ..planner import Planner
 from ..planner import logic as planning
@@ -143,8 +143,8 @@ class Orchestrator:
         self.recent_alerts.extend(alerts)
         self.recent_decisions.extend(decisions)
         for decision in reversed(planned):  # oldest first, so the newest wins
-            self._last_plan[self._subject_of_plan(decision)] = planning.signature(
-                decision.plan, decision.alarm_ids
+            self._last_plan[self._subject_of_plan(decision)] = _signature(
+                decision.plan, decision.alarm_ids, decision.level
             )
         for at in annunciations:
             self.flood.note(at)
@@ -325,18 +325,14 @@ class Orchestrator:
         )
         plan, planner = await self.planner.plan(group)
         ids = [a.id for a in group]
+        level = worst([a.highest_level for a in group])
         subject = logic.key_of(trigger)[2]
-        signature = planning.signature(plan, ids)
+        signature = _signature(plan, ids, level)
         if self._last_plan.get(subject) == signature:
             self.counters["plans_repeated"] += 1
             await self.store.write(records.mark_planned, [alarm_id])
             return
-        decision = Decision(
-            alarm_ids=ids,
-            level=worst([a.highest_level for a in group]),
-            plan=plan,
-            planner=planner,
-        )
+        decision = Decision(alarm_ids=ids, level=level, plan=plan, planner=planner)
 
         def commit(conn: Any) -> None:
             decision.notified = self.notifier.queue_decision(conn, decision)
@@ -423,6 +419,12 @@ class Orchestrator:
             "ws_clients": len(self.clients),
             **self.counters,
         }
+
+
+def _signature(plan: Plan, alarm_ids: list[int], level: str) -> Hashable:
+    # The level is part of it: a fire risk going from CRITICAL to EMERGENCY keeps its plan
+    # but is news for the supervisor all the same.
+    return (planning.signature(plan, alarm_ids), level)
 
 
 def _distinct(alarms: list[Alarm]) -> list[Alarm]:

@@ -80,10 +80,11 @@ def make_plan(alarms: Sequence[Alarm], settings: PlannerSettings) -> Plan:
     alarms[0] is the trigger: the plan is about its machine or camera. The lead playbook is
     the most urgent one (lowest priority number, then the alarm with the worse level, then
     the earlier alarm); its action and steps come first, the other playbooks' steps follow
-    without repeats. Two or more distinct (source, type) pairs are independent evidence of
-    one problem on one machine (a hazard while failure is near), so the priority is raised
-    by one step. Repeats of one alarm are not: they are one alarm with a higher count.
-    Then LEVEL_PRIORITY_CAP applies.
+    without repeats. Alarms from two or more sources are independent evidence of one
+    problem on one machine (a hazard while failure is near), so the priority is raised by
+    one step. Two alarms of one source are not (pm's LOW_RUL and IMMINENT_FAILURE are one
+    model's view of the same wear), nor are repeats of one alarm. Then LEVEL_PRIORITY_CAP
+    applies.
     """
     if not alarms:
         raise ValueError("make_plan needs at least one alarm")
@@ -99,12 +100,12 @@ def make_plan(alarms: Sequence[Alarm], settings: PlannerSettings) -> Plan:
 
     reasons: list[str] = []
     priority = lead.priority
-    kinds = {(a.source, a.type) for a in alarms}
-    if len(kinds) >= 2 and priority > 1:
+    sources = {a.source for a in alarms}
+    if len(sources) >= 2 and priority > 1:
         priority -= 1
         reasons.append(
             f"Priority raised from {lead.priority} to {priority} for correlation: "
-            f"{len(kinds)} distinct alarms point at the same {subject_of(trigger)[0]}"
+            f"{len(sources)} independent sources point at the same {subject_of(trigger)[0]}"
         )
     level: Level = worst([a.level for a in alarms])
     cap = LEVEL_PRIORITY_CAP.get(level)
