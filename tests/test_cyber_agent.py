@@ -7,7 +7,6 @@ SIGHUP handler (asyncio allows signal handlers only in the main thread).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import pytest
 from factory_mas.agents.base import Checkpoint
 from factory_mas.agents.cyber import logic
 from factory_mas.agents.cyber.agent import CyberAgent
-from factory_mas.data.synthetic import FactorySimulator, Frame
+from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.settings import AgentSettings, DataSettings, Settings
 
 from .conftest import record, running_app
+from .scenarios import Episode, attack_episode, one_machine
 from .test_agent_contract import AgentContract, drain, validated
 
 RESULT_FIELDS = {
@@ -32,10 +32,6 @@ RESULT_FIELDS = {
     "consecutive_anomalies",
     "indicators",
 }
-
-
-def one_machine(columns: dict[str, np.ndarray], rows: np.ndarray) -> list[dict]:
-    return Frame({name: values[rows] for name, values in columns.items()}).records()
 
 
 def network_records(n: int, machine_id: int) -> list[dict]:
@@ -53,40 +49,9 @@ def network_records(n: int, machine_id: int) -> list[dict]:
     ]
 
 
-@dataclass(frozen=True)
-class Episode:
-    """One machine's records in time order: a few calm minutes, an attack, calm again."""
-
-    records: list[dict]
-    attack: list[bool]
-    lead: int
-
-    @property
-    def attack_rows(self) -> int:
-        return sum(self.attack)
-
-
 @pytest.fixture(scope="module")
 def episode() -> Episode:
-    """The shortest simulated attack long enough to reach CRITICAL, with calm around it."""
-    lead, tail, shortest = 3, 2, 12
-    cols = FactorySimulator(seed=21, machines=50, step_minutes=1.0).run(1500).columns
-    found = []  # (length, machine, first row of the attack)
-    for machine in range(1, 51):
-        attacked = cols["cyber_attack"][cols["machine_id"] == machine].tolist()
-        first = None
-        for i, now in enumerate(attacked):
-            if now and first is None:
-                first = i
-            elif not now and first is not None:
-                calm = not any(attacked[max(0, first - lead) : first] + attacked[i : i + tail])
-                if calm and first >= lead and i - first >= shortest:
-                    found.append((i - first, machine, first))
-                first = None
-    assert found, "the simulated day should hold an attack long enough to escalate"
-    length, machine, first = min(found)
-    rows = np.flatnonzero(cols["machine_id"] == machine)[first - lead : first + length + tail]
-    return Episode(one_machine(cols, rows), cols["cyber_attack"][rows].tolist(), lead)
+    return attack_episode()
 
 
 class TestCyberAgent(AgentContract):

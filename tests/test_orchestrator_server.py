@@ -11,13 +11,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 from websockets.sync.client import connect
-
-from factory_mas.data.synthetic import FactorySimulator, Frame
 
 from .conftest import wait_until
 from .fake_twilio import FakeTwilio
+from .scenarios import attack_episode
 
 Key = tuple[str, str, int]
 
@@ -322,32 +320,8 @@ def test_websocket_streams_alarm_decision_and_ack(server_factory):
 # -- a real agent's alarm returns to normal --------------------------------------------------
 
 
-def attack_episode() -> tuple[list[dict], list[bool]]:
-    """One machine's records: calm, a simulated network attack long enough to reach
-    CRITICAL, calm again (as in test_cyber_agent's `episode`)."""
-    lead, tail, shortest = 3, 2, 12
-    cols = FactorySimulator(seed=21, machines=50, step_minutes=1.0).run(1500).columns
-    found = []
-    for machine in range(1, 51):
-        attacked = cols["cyber_attack"][cols["machine_id"] == machine].tolist()
-        first = None
-        for i, now in enumerate(attacked):
-            if now and first is None:
-                first = i
-            elif not now and first is not None:
-                calm = not any(attacked[max(0, first - lead) : first] + attacked[i : i + tail])
-                if calm and first >= lead and i - first >= shortest:
-                    found.append((i - first, machine, first))
-                first = None
-    assert found
-    length, machine, first = min(found)
-    rows = np.flatnonzero(cols["machine_id"] == machine)[first - lead : first + length + tail]
-    records = Frame({name: values[rows] for name, values in cols.items()}).records()
-    return records, cols["cyber_attack"][rows].tolist()
-
-
 def test_a_cyber_alarm_clears_when_the_agent_returns_to_normal(server_factory):
-    records, _attack = attack_episode()
+    records = attack_episode().records
     machine = records[0]["machine_id"]
     server = server_factory()
 
