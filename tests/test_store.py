@@ -119,3 +119,46 @@ async def test_ping_after_close_reports_false(tmp_path: Path) -> None:
     async with store:
         assert await store.ping() is True
     assert await store.ping() is False
+
+
+async def test_a_version_2_database_is_brought_forward_keeping_its_data(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from factory_mas.store import schema_version, sqlite_url
+
+    db = tmp_path / "factory.db"
+    engine = sa.create_engine(sqlite_url(db))
+    with engine.begin() as conn:  # what factory_mas with two migrations left behind
+        for number, migrate in enumerate(MIGRATIONS[:2], start=1):
+            migrate(conn)
+            conn.execute(schema_version.insert().values(version=number, applied_at=0))
+        conn.execute(sa.text("INSERT INTO checkpoints VALUES ('pm_agent', x'01', 0)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO inbox (topic, source, received_at, data) VALUES ('t', 's', 0, x'02')"
+            )
+        )
+    engine.dispose()
+
+    async with Store.in_data_dir(tmp_path) as store:
+        assert store.version == len(MIGRATIONS) >= 3
+        assert await store.load_checkpoint("pm_agent") == b"\x01"
+        assert [seq for seq, _, _ in await store.inbox_after(0)] == [1]
+
+    def alarm(open_: int) -> tuple:
+        return ("plc", "FIRE_RISK", "machine:7", "ACTIVE_UNACK", "CRITICAL", "CRITICAL", open_)
+
+    insert = (
+        "INSERT INTO alarms (source, type, subject, state, level, highest_level, first_seen,"
+        " last_seen, open, plan_pending, data) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, 0, x'')"
+    )
+    con = sqlite3.connect(db)
+    try:
+        con.execute(insert, alarm(0))
+        con.execute(insert, alarm(0))  # closed alarms of one key: as many as there were
+        con.execute(insert, alarm(1))
+        # ... but only one open alarm per key, whatever the code above it does.
+        with pytest.raises(sqlite3.IntegrityError):
+            con.execute(insert, alarm(1))
+    finally:
+        con.close()

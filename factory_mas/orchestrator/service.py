@@ -86,6 +86,7 @@ class Orchestrator:
             "decisions": 0,
             "plans_repeated": 0,
             "store_retries": 0,
+            "errors": 0,
         }
         self.running = False
         self._lock = asyncio.Lock()
@@ -178,6 +179,11 @@ class Orchestrator:
                     if self.counters["store_retries"] % 60 == 1:
                         log.error("orchestrator: cannot save alarms, retrying: %s", exc)
                     await asyncio.sleep(_RETRY_S)
+                except Exception:
+                    # A bug must not stop every later alarm; retrying would loop on it.
+                    self.counters["errors"] += 1
+                    log.exception("orchestrator: %d alerts could not be handled", len(alerts))
+                    break
 
     def _alerts_of(self, payload: Any, topic: str) -> list[Alert]:
         items = payload if isinstance(payload, list) else [payload]
@@ -308,6 +314,11 @@ class Orchestrator:
                     self.counters["store_retries"] += 1
                     log.error("orchestrator: cannot save the decision, retrying: %s", exc)
                     await asyncio.sleep(_RETRY_S)
+                except Exception:
+                    # Its plan stays owed in the store and is tried again at the next start.
+                    self.counters["errors"] += 1
+                    log.exception("orchestrator: no plan for alarm %d", alarm_id)
+                    break
             self._plans.task_done()
 
     async def _decide(self, alarm_id: int) -> None:
