@@ -251,6 +251,73 @@ def _check_url(url: str, name: str) -> None:
         raise ValueError(f"{name} must be an http:// or https:// URL, got {url!r}")
 
 
+class MqttSettings(_Section):
+    # The broker to bridge the hub to (env MQTT_BROKER, MQTT_PORT); empty runs without one.
+    broker: str = ""
+    port: Annotated[int, Meta(ge=1, le=65535)] = 1883
+    username: str = ""  # env MQTT_USERNAME
+    password: str = ""  # env MQTT_PASSWORD
+    # Stable across restarts, so the broker keeps our session; empty: factory_mas-<host>-<port>.
+    client_id: str = ""
+    tls: bool = False
+    tls_ca_file: str = ""  # empty with tls = the system's trusted CAs
+    tls_cert_file: str = ""  # client certificate, for brokers that ask for one
+    tls_key_file: str = ""
+    tls_insecure: bool = False  # skip the host name check (test brokers only)
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
+    # How long the broker keeps our subscriptions and queued QoS 1 messages while we are
+    # away: telemetry sent during a restart or an outage is delivered when we return.
+    session_expiry_s: Annotated[int, Meta(ge=0, le=4_294_967_295)] = 86400
+    # Broker topics taken into the hub, and hub topics given to the broker (MQTT filters).
+    subscribe: list[str] = field(
+        default_factory=lambda: [
+            "sensors/factory/data",
+            "sensors/factory/data/+",
+            "sensors/factory/ppe/+",
+            "config/+",
+        ]
+    )
+    publish: list[str] = field(
+        default_factory=lambda: [
+            "predictions/+",
+            "alerts/+",
+            "orchestrator/decisions",
+            "orchestrator/alarms",
+            "backlog/shift_summary",
+            "config/+/result",
+            "sensors/factory/rejected",
+        ]
+    )
+    # Several instances with the same group split the telemetry ($share/<group>/...).
+    shared_group: str = ""
+    max_payload_bytes: Annotated[int, Meta(ge=1024, le=268_435_455)] = 1_000_000
+    reconnect_min_s: PositiveFloat = 0.5
+    reconnect_max_s: PositiveFloat = 30.0
+    # Predictions waiting for the broker in memory; beyond it the oldest go (counted).
+    # Alerts, alarms, decisions and the rest wait in the store and are never dropped.
+    memory_queue: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    # aiomqtt's own limits: its default of 1000 silently loses QoS 1 messages under load.
+    max_queued_messages: Annotated[int, Meta(ge=1000, le=10_000_000)] = 100_000
+    max_inflight_messages: Annotated[int, Meta(ge=1, le=65535)] = 1000
+
+    def __post_init__(self) -> None:
+        if self.shared_group and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.shared_group):
+            raise ValueError(
+                f"shared_group {self.shared_group!r}: use letters, digits, '_', '.', '-'"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for name in ("subscribe", "publish"):
+            for f in getattr(self, name):
+                if not _MQTT_FILTER.fullmatch(f) or "#" in f[:-1]:
+                    raise ValueError(f"{name}: {f!r} is not an MQTT topic filter")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+
+
+_MQTT_FILTER = re.compile(r"(?:[^/+#]+|\+)(?:/(?:[^/+#]*|\+))*(?:/#)?|#")
+
+
 class HistorySettings(_Section):
     # Predictions kept in the store beyond the agents' in-memory rings, like a process
     # historian: every change of level, and otherwise one per machine (or camera) and
@@ -467,6 +534,7 @@ class Settings(_Section):
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     agents: AgentsSettings = field(default_factory=AgentsSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     orchestrator: OrchestratorSettings = field(default_factory=OrchestratorSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
@@ -488,6 +556,10 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "PORT": ("server", "port"),
     "LOG_LEVEL": ("server", "log_level"),
     "CORS_ORIGINS": ("server", "cors_origins"),
+    "MQTT_BROKER": ("mqtt", "broker"),
+    "MQTT_PORT": ("mqtt", "port"),
+    "MQTT_USERNAME": ("mqtt", "username"),
+    "MQTT_PASSWORD": ("mqtt", "password"),
     "PLANNER_URL": ("planner", "url"),
     "TWILIO_ACCOUNT_SID": ("notify", "twilio_account_sid"),
     "TWILIO_AUTH_TOKEN": ("notify", "twilio_auth_token"),

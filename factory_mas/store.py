@@ -175,6 +175,32 @@ sa.Index(
 sa.Index("predictions_agent_seq", predictions.c.agent_id, predictions.c.seq)
 
 
+# -- v4: messages for the MQTT broker that must not be lost, and audited setting changes --
+
+mqtt_outbox = sa.Table(
+    "mqtt_outbox",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("topic", sa.String(500), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+config_changes = sa.Table(
+    "config_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("target", sa.String(100), nullable=False),  # an agent id
+    sa.Column("origin", sa.String(200), nullable=False),  # mqtt, http, scada:modbus, ...
+    sa.Column("by", sa.String(200), nullable=False),
+    sa.Column("accepted", sa.Boolean, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),  # the request and the result, JSON
+    sqlite_autoincrement=True,
+)
+
+
 def _v1(conn: Connection) -> None:
     schema_version.create(conn)
     checkpoints.create(conn)
@@ -189,7 +215,12 @@ def _v3(conn: Connection) -> None:
         table.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    mqtt_outbox.create(conn)
+    config_changes.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 
 
 def sqlite_url(path: Path) -> str:
