@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import msgspec
 
 from . import __version__
 from .errors import FactoryError, SettingsError
-from .settings import Settings, load_settings
+from .settings import ReplaySettings, Settings, load_settings
 
 log = logging.getLogger("factory_mas")
 
@@ -67,6 +69,25 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     from .replay import Replay
 
+    mqtt_only = [
+        name
+        for name, value in (
+            ("--batch", args.batch),
+            ("--qos", args.qos),
+            ("--per-machine-topics", args.per_machine_topics or None),
+        )
+        if value is not None
+    ]
+    if args.broker is not None and (args.url or args.stdout):
+        print(
+            "factory_mas replay: --broker goes with --mqtt, not --url or --stdout", file=sys.stderr
+        )
+        return 2
+    mqtt = args.mqtt or args.broker is not None
+    if mqtt_only and not mqtt:
+        print(f"factory_mas replay: {', '.join(mqtt_only)} need --mqtt", file=sys.stderr)
+        return 2
+
     overrides = {
         k: v
         for k, v in {
@@ -78,6 +99,26 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         if v is not None
     }
     replay_settings = msgspec.structs.replace(settings.replay, **overrides)
+    keep = None
+    if args.only is not None:
+        from .bridges.publish import only_machines, parse_machine_ids
+
+        try:
+            machine_ids = parse_machine_ids(args.only)
+        except SettingsError as exc:
+            print(f"factory_mas replay: --only: {exc}", file=sys.stderr)
+            return 2
+        beyond = sorted(i for i in machine_ids if i > replay_settings.machines)
+        if beyond and not replay_settings.csv:
+            print(
+                f"factory_mas replay: --only: machine {beyond[0]} is not simulated; "
+                f"the simulator runs machines 1-{replay_settings.machines} (--machines)",
+                file=sys.stderr,
+            )
+            return 2
+        keep = only_machines(machine_ids)
+    if mqtt:
+        return _replay_mqtt(settings, replay_settings, args, keep)
     encoder = msgspec.json.Encoder()
 
     async def main() -> None:
@@ -88,7 +129,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
                 sys.stdout.flush()
 
             try:
-                await Replay(replay_settings, sink, limit=args.count).run()
+                await Replay(replay_settings, sink, limit=args.count, keep=keep).run()
             except BrokenPipeError:
                 # The reader went away (`| head`): stop quietly, and keep Python's final
                 # flush of stdout from complaining about the closed pipe.
@@ -111,7 +152,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
                         f"{url} answered {response.status_code}: {response.text[:200]}"
                     )
 
-            replay = Replay(replay_settings, post, limit=args.count)
+            replay = Replay(replay_settings, post, limit=args.count, keep=keep)
             task = asyncio.create_task(replay.run())
             while not task.done():
                 await asyncio.wait({task}, timeout=2)
@@ -127,6 +168,82 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+    return 0
+
+
+def _replay_mqtt(
+    settings: Settings,
+    replay_settings: ReplaySettings,
+    args: argparse.Namespace,
+    keep: Callable[[dict[str, Any]], bool] | None,
+) -> int:
+    from .bridges.publish import (
+        MqttPublisher,
+        ReplaySink,
+        parse_broker,
+        progress_line,
+    )
+    from .ingest import TELEMETRY_TOPIC
+    from .replay import Replay
+
+    mqtt = settings.mqtt
+    try:
+        if args.broker is not None:
+            host, port = parse_broker(args.broker, mqtt.port)
+        elif mqtt.broker:
+            host, port = mqtt.broker, mqtt.port
+        else:
+            raise SettingsError("no broker: pass --broker HOST[:PORT] or set MQTT_BROKER")
+        if args.batch is not None and args.batch < 1:
+            raise SettingsError(f"--batch {args.batch}: at least 1 record per message")
+    except SettingsError as exc:
+        print(f"factory_mas replay: {exc}", file=sys.stderr)
+        return 2
+    mqtt = msgspec.structs.replace(mqtt, broker=host, port=port)
+    per_machine = args.per_machine_topics
+    topic = f"{TELEMETRY_TOPIC}/<machine_id>" if per_machine else TELEMETRY_TOPIC
+    state: dict[str, Any] = {"publisher": None, "started": time.monotonic(), "width": 0}
+
+    def show() -> None:
+        publisher = state["publisher"]
+        if publisher is None:
+            return
+        line = progress_line(publisher, state["started"], topic)
+        # Pad over the end of a longer previous line (the broker-lost note).
+        print(f"\r{line:<{state['width']}}", end="", file=sys.stderr, flush=True)
+        state["width"] = len(line)
+
+    async def main() -> None:
+        async with MqttPublisher(mqtt, qos=1 if args.qos is None else args.qos) as publisher:
+            state["publisher"], state["started"] = publisher, time.monotonic()
+            sink = ReplaySink(publisher, batch=args.batch or 1, per_machine_topics=per_machine)
+            replay = Replay(replay_settings, sink, limit=args.count, keep=keep)
+
+            async def replay_all() -> None:
+                await replay.run()
+                await publisher.drain()  # --count means records the broker has, not sent
+
+            task = asyncio.create_task(replay_all())
+            while not task.done():
+                await asyncio.wait({task}, timeout=1)
+                show()
+            task.result()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        show()
+        publisher = state["publisher"]
+        held = publisher.held_records if publisher is not None else 0
+        print(file=sys.stderr)
+        if held:
+            print(f"factory_mas replay: interrupted, {held} records not confirmed", file=sys.stderr)
+        return 130
+    except FactoryError:
+        if state["publisher"] is not None:
+            print(file=sys.stderr)
+        raise
+    print(file=sys.stderr)
     return 0
 
 
@@ -173,12 +290,39 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="rebuild the model artifacts (seeded, repeatable)")
     train.add_argument("--out", help="folder to write (default: the artifacts folder in use)")
     train.add_argument("--only", nargs="+", metavar="AGENT_ID", help="train just these agents")
-    replay = sub.add_parser("replay", help="stream telemetry to a running server or stdout")
+    replay = sub.add_parser(
+        "replay", help="stream telemetry to a running server, an MQTT broker or stdout"
+    )
     target = replay.add_mutually_exclusive_group()
     target.add_argument(
         "--url", help="POST batches here (default: http://127.0.0.1:PORT/api/ingest)"
     )
     target.add_argument("--stdout", action="store_true", help="print one JSON record per line")
+    target.add_argument(
+        "--mqtt",
+        action="store_true",
+        help="publish to an MQTT broker: --broker, or MQTT_BROKER / [mqtt] in settings",
+    )
+    replay.add_argument(
+        "--broker",
+        metavar="HOST[:PORT]",
+        help="the broker for --mqtt (implies it); the port defaults to MQTT_PORT or 1883",
+    )
+    replay.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="--mqtt: records per message; 1 (default) sends JSON objects, more JSON arrays",
+    )
+    replay.add_argument(
+        "--per-machine-topics",
+        action="store_true",
+        help="--mqtt: publish on sensors/factory/data/<machine_id>",
+    )
+    replay.add_argument(
+        "--qos", type=int, choices=(0, 1), help="--mqtt: 1 (default) loses nothing; 0 is faster"
+    )
+    replay.add_argument("--only", metavar="IDS", help="only these machine ids, e.g. 1-10,15")
     replay.add_argument("--rate", type=float, help="records per second, 0 = as fast as possible")
     replay.add_argument("--csv", help="replay this CSV (Kaggle header names) instead of simulating")
     replay.add_argument("--machines", type=int, help="number of simulated machines")

@@ -66,13 +66,20 @@ class _Background:
 
 class Replay(_Background):
     def __init__(
-        self, settings: ReplaySettings, sink: Sink, retime: bool = True, limit: int | None = None
+        self,
+        settings: ReplaySettings,
+        sink: Sink,
+        retime: bool = True,
+        limit: int | None = None,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
         # Stamp records with the current time, so a dashboard shows them as live.
         self.retime = retime
+        # `limit` and the rate count only the rows `keep` lets through (`replay --only`).
         self.limit = limit
+        self.keep = keep
         self.sent = 0
         self.started_at: float | None = None
 
@@ -98,6 +105,14 @@ class Replay(_Background):
         self.started_at = time.monotonic()
         next_at = self.started_at
         for indices, rows in self.batches():
+            if self.keep is not None:
+                kept = [i for i, row in enumerate(rows) if self.keep(row)]
+                if len(kept) < len(rows):
+                    rows = [rows[i] for i in kept]
+                    indices = None if indices is None else [indices[i] for i in kept]
+                if not rows:
+                    await asyncio.sleep(0)
+                    continue
             if self.limit is not None:
                 rows = rows[: self.limit - self.sent]
             if self.retime:

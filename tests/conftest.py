@@ -176,3 +176,18 @@ def wait_until(
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator:
+    """A real mosquitto on a free loopback port, persistence on (a SIGKILL keeps queued
+    QoS 1 messages), stopped at teardown. Its log is in `broker.log`."""
+    from .mqtt_broker import INSTALL_HINT, Broker, mosquitto_path
+
+    try:
+        mosquitto_path()
+    except RuntimeError:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    b = Broker(tmp_path / "broker", persistence=True).start()
+    yield b
+    b.stop(signal.SIGKILL)

@@ -1,0 +1,1 @@
+"""Bridges between the hub and the world outside: MQTT brokers, SCADA protocols."""
