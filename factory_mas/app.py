@@ -31,6 +31,7 @@ from . import __version__
 from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
 from .api import EXCEPTION_HANDLERS, json_response
+from .bridges.mqtt import MqttBridge
 from .errors import FactoryError
 from .history import HistoryWriter
 from .hub import Hub
@@ -83,6 +84,7 @@ class Components:
     notifier: Notifier
     orchestrator: Orchestrator
     history: HistoryWriter
+    mqtt: MqttBridge
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -105,6 +107,7 @@ class Components:
                 "store": store_ok,
                 "agents": agents,
                 "orchestrator": "running" if self.orchestrator.running else "stopped",
+                "mqtt_connected": self.mqtt.connected if self.mqtt.enabled else None,
                 "replay": self.replay.stats()["running"] if self.settings.replay.enabled else "off",
             },
         }
@@ -143,6 +146,7 @@ class Components:
             "agents": {a.agent_id: a.stats() for a in self.agents},
             "orchestrator": self.orchestrator.stats(),
             "history": self.history.stats(),
+            "mqtt": self.mqtt.stats(),
             "planner": self.planner.stats(),
             "notify": self.notifier.stats(),
             "hub": self.hub.stats(),
@@ -201,6 +205,7 @@ def build_components(settings: Settings) -> Components:
         notifier,
         orchestrator,
         history,
+        MqttBridge(settings.mqtt, hub, store, intake, settings.server.port),
     )
 
 
@@ -220,6 +225,9 @@ def build_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(c.inference)
             # Before the agents, so it stops after them and writes their last predictions.
             await stack.enter_async_context(c.history)
+            # Also before the agents: telemetry it takes early is journaled and scored when
+            # they start, and their last alerts on the way out still reach its outbox.
+            await stack.enter_async_context(c.mqtt)
             for agent in c.agents:
                 await stack.enter_async_context(agent)
             await stack.enter_async_context(every(JOURNAL_PRUNE_S, c.prune_journal))

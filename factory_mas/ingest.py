@@ -71,14 +71,18 @@ class Intake:
                 await self._publish(topic, good, source, journal)
                 accepted += len(good)
             if bad:
-                self.rejected_fields.update(r.field or "(record)" for r in bad)
-                await self.hub.publish(REJECTED_TOPIC, bad, origin=source)
+                await self.reject(bad, source)
                 rejections.extend(bad)
         self.accepted[source] += accepted
-        self.rejected[source] += len(rejections)
         if accepted:
             self.last_accepted_at = time.time()
         return accepted, rejections
+
+    async def reject(self, rejections: list[Rejection], source: str) -> None:
+        """Count input that was refused and tell sensors/factory/rejected why."""
+        self.rejected[source] += len(rejections)
+        self.rejected_fields.update(r.field or "(record)" for r in rejections)
+        await self.hub.publish(REJECTED_TOPIC, rejections, origin=source)
 
     async def _publish(self, topic: str, records: list[Any], source: str, journal: bool) -> None:
         if not journal or self.store is None:

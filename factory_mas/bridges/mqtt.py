@@ -1,0 +1,407 @@
+"""The MQTT bridge: the hub's topics on a real broker, in both directions (aiomqtt, MQTT v5).
+
+In: telemetry, PPE frames and config requests from the broker go to the hub. Telemetry is
+validated by the same Intake as HTTP and journaled in the store before the broker's QoS 1
+message is acknowledged (manual acks), so a crash after the PUBACK cannot lose it: the
+broker redelivers what we never acknowledged, and the journal has what we did.
+
+Out: predictions, alerts, decisions and the rest go from the hub to the broker. Anything
+on a protected hub topic (alerts, alarms, decisions, config results, summaries) is first
+written to the store's mqtt_outbox and deleted once the broker has acknowledged it, so an
+outage or a kill -9 delays it but never loses it (QoS 1: it may arrive twice). Predictions
+wait in a bounded memory queue that drops its oldest when the broker is away long.
+
+Loop-free: messages the bridge took from the broker are never sent back to it, and our
+own subscriptions use MQTT v5's no-local flag.
+
+The connection is kept by one loop: connect, subscribe, run until it breaks, wait with
+capped exponential backoff and jitter, again. The session is persistent (clean_start off,
+a session expiry), so the broker queues QoS 1 telemetry while we are away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+import aiomqtt
+import msgspec
+import sqlalchemy as sa
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy.engine import Connection
+
+from ..errors import StoreError
+from ..hub import Hub, Message, Overflow, Subscription, SubscriptionClosed, matches
+from ..ingest import TELEMETRY_TOPIC, Intake
+from ..messages import Rejection
+from ..settings import MqttSettings
+from ..store import Store, mqtt_outbox
+
+log = logging.getLogger(__name__)
+
+ORIGIN = "mqtt"
+_IN_BATCH = 500  # broker messages handled (and journaled) together
+_OUT_BATCH = 200  # messages published before waiting for their acknowledgements
+_OUTBOX_POLL_S = 0.05
+_json = msgspec.json.Encoder()
+
+
+def _outbox_add(conn: Connection, rows: list[tuple[str, bytes, float]]) -> None:
+    conn.execute(
+        mqtt_outbox.insert(),
+        [{"topic": t, "payload": p, "created_at": at} for t, p, at in rows],
+    )
+
+
+def _outbox_head(conn: Connection, limit: int) -> list[tuple[int, str, bytes]]:
+    rows = conn.execute(
+        sa.select(mqtt_outbox.c.seq, mqtt_outbox.c.topic, mqtt_outbox.c.payload)
+        .order_by(mqtt_outbox.c.seq)
+        .limit(limit)
+    )
+    return [(r.seq, r.topic, r.payload) for r in rows]
+
+
+def _outbox_delete(conn: Connection, seqs: list[int]) -> None:
+    conn.execute(mqtt_outbox.delete().where(mqtt_outbox.c.seq.in_(seqs)))
+
+
+def _outbox_size(conn: Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(mqtt_outbox)).scalar() or 0)
+
+
+class MqttBridge:
+    """`async with MqttBridge(...)` runs it; it never fails the process for the broker's
+    sake: a broker that is down at start is retried while everything else serves."""
+
+    def __init__(
+        self, settings: MqttSettings, hub: Hub, store: Store, intake: Intake, port: int = 8000
+    ) -> None:
+        self.settings = settings
+        self.hub, self.store, self.intake = hub, store, intake
+        self.client_id = settings.client_id or f"factory_mas-{socket.gethostname()}-{port}"
+        self.connected = False
+        self.counters: dict[str, int] = {
+            "received": 0,
+            "received_records": 0,
+            "rejected_payloads": 0,
+            "published": 0,
+            "dropped": 0,
+            "connects": 0,
+            "disconnects": 0,
+        }
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        self._memory: deque[tuple[str, bytes]] = deque()
+        self._outbox_rows = 0  # in the store, as far as we know
+        self._wake_out = asyncio.Event()
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.broker)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> MqttBridge:
+        if not self.enabled:
+            return self
+        self._outbox_rows = await self.store.read(_outbox_size)
+        # Drop-oldest never drops a protected message: only predictions can be lost here,
+        # and only when the bridge itself cannot keep up with the hub.
+        self._subs = [
+            self.hub.subscribe(f, name=f"mqtt-out:{f}", overflow=Overflow.DROP_OLDEST)
+            for f in self.settings.publish
+        ]
+        self._tasks = [
+            asyncio.create_task(self._collect(sub), name=f"mqtt-collect:{sub.filter}")
+            for sub in self._subs
+        ]
+        self._tasks.append(asyncio.create_task(self._connection_loop(), name="mqtt-connection"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in self._subs:
+            sub.close()
+        # The collectors finish what their queues hold (protected messages reach the store
+        # outbox, sent at the next start); the connection simply ends. Telemetry received
+        # but not yet acknowledged is redelivered by the broker to our persistent session.
+        *collectors, connection = self._tasks or [None]
+        if collectors:
+            await asyncio.wait(collectors, timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        del connection
+        self._tasks = []
+        self.connected = False
+
+    # -- hub -> outbox -----------------------------------------------------------------
+
+    async def _collect(self, sub: Subscription) -> None:
+        """Take the hub's outgoing messages at once, connected or not, so the hub never
+        waits on the broker: protected ones into the store, the rest into memory."""
+        while True:
+            try:
+                messages = await sub.get_many(_OUT_BATCH)
+            except SubscriptionClosed:
+                return
+            durable: list[tuple[str, bytes, float]] = []
+            now = time.time()
+            for m in messages:
+                if self._came_from_broker(m):
+                    continue
+                payload = self._encode(m)
+                if m.protected:
+                    durable.append((m.topic, payload, now))
+                else:
+                    self._remember(m.topic, payload)
+            while durable:
+                try:
+                    await self.store.write(_outbox_add, durable)
+                    self._outbox_rows += len(durable)
+                    break
+                except StoreError as exc:
+                    self.last_error = f"store: {exc}"
+                    log.error("mqtt: cannot keep outgoing messages, retrying: %s", exc)
+                    await asyncio.sleep(1.0)
+            self._wake_out.set()
+
+    def _came_from_broker(self, m: Message) -> bool:
+        # What we took from the broker is not sent back to it (no loops), but what our
+        # input caused on other topics (a rejection) is news for the broker's clients.
+        return m.origin == ORIGIN and any(matches(f, m.topic) for f in self.settings.subscribe)
+
+    @staticmethod
+    def _encode(m: Message) -> bytes:
+        if isinstance(m.payload, bytes):
+            return m.payload
+        if isinstance(m.payload, str):
+            return m.payload.encode()
+        return _json.encode(m.payload)
+
+    def _remember(self, topic: str, payload: bytes) -> None:
+        if len(self._memory) >= self.settings.memory_queue:
+            self._memory.popleft()
+            self.counters["dropped"] += 1
+        self._memory.append((topic, payload))
+
+    # -- the connection ----------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = s.session_expiry_s
+        return aiomqtt.Client(
+            s.broker,
+            s.port,
+            username=s.username or None,
+            password=s.password or None,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            keepalive=s.keepalive_s,
+            tls_context=self._tls_context(),
+            tls_insecure=s.tls_insecure if s.tls else None,
+            max_queued_incoming_messages=s.max_queued_messages,
+            max_queued_outgoing_messages=s.max_queued_messages,
+            max_inflight_messages=s.max_inflight_messages,
+            timeout=10,
+        )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls:
+            return None
+        context = ssl.create_default_context(cafile=s.tls_ca_file or None)
+        if s.tls_cert_file:
+            context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+        if s.tls_insecure:
+            context.check_hostname = False
+        return context
+
+    async def _connection_loop(self) -> None:
+        s = self.settings
+        delay = s.reconnect_min_s
+        failures = 0
+        while True:
+            try:
+                async with self._client() as client:
+                    self.connected, self.connected_since = True, time.time()
+                    self.counters["connects"] += 1
+                    if failures:
+                        log.info("mqtt: connected to %s:%d again", s.broker, s.port)
+                    else:
+                        log.info("mqtt: connected to %s:%d as %s", s.broker, s.port, self.client_id)
+                    failures, delay = 0, s.reconnect_min_s
+                    await self._serve(client)
+            except Exception as exc:  # the bridge must outlive any one failure
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, aiomqtt.MqttError | OSError | ssl.SSLError):
+                    log.exception("mqtt: unexpected failure; reconnecting")
+                if self.connected:
+                    self.counters["disconnects"] += 1
+                if failures == 0:
+                    log.warning(
+                        "mqtt: broker %s:%d unavailable (%s); retrying with backoff",
+                        s.broker,
+                        s.port,
+                        self.last_error,
+                    )
+                failures += 1
+            finally:
+                self.connected = False
+            # Jitter spreads the reconnects of many instances after a broker restart.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, s.reconnect_max_s)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        # aiomqtt has no manual acks yet (aiomqtt issue #345); paho, underneath, does: we
+        # acknowledge a QoS 1 message only once what it carries is journaled.
+        client._client.manual_ack_set(True)
+        client.pending_calls_threshold = self.settings.max_inflight_messages
+        for topic_filter in self.settings.subscribe:
+            topic, options = self._subscription(topic_filter)
+            await client.subscribe(topic, options=options)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._receive(client))
+            tasks.create_task(self._send(client))
+
+    def _subscription(self, topic_filter: str) -> tuple[str, SubscribeOptions]:
+        telemetry = topic_filter == TELEMETRY_TOPIC or topic_filter.startswith(
+            TELEMETRY_TOPIC + "/"
+        )
+        if self.settings.shared_group and telemetry:
+            # Only telemetry is split: every instance must hear config changes, and MQTT v5
+            # forbids no-local on a shared subscription.
+            group = self.settings.shared_group
+            return f"$share/{group}/{topic_filter}", SubscribeOptions(qos=1)
+        return topic_filter, SubscribeOptions(qos=1, noLocal=True)
+
+    # -- broker -> hub -----------------------------------------------------------------
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        messages = client.messages
+        async for first in messages:
+            batch = [first]
+            while len(messages) and len(batch) < _IN_BATCH:
+                batch.append(await anext(messages))
+            await self._take(batch)
+            for m in batch:
+                if m.qos:
+                    client._client.ack(m.mid, m.qos)
+
+    async def _take(self, batch: list[aiomqtt.Message]) -> None:
+        """Hand a batch to the hub: telemetry through Intake (journaled), the rest as is.
+
+        Returns only once everything is safe to acknowledge. A store outage makes it wait
+        and retry: unacknowledged, the broker keeps the messages meanwhile.
+        """
+        self.counters["received"] += len(batch)
+        items: list[Any] = []
+        indices: list[int] = []
+        for m in batch:
+            topic = m.topic.value
+            data = m.payload if isinstance(m.payload, bytes | bytearray) else b""
+            if len(data) > self.settings.max_payload_bytes:
+                await self._reject(
+                    topic, f"payload of {len(data)} bytes exceeds mqtt.max_payload_bytes", data
+                )
+                continue
+            if matches("sensors/factory/data/#", topic):
+                decoded = await self._decode(topic, bytes(data))
+                if decoded is not None:
+                    many = decoded if isinstance(decoded, list) else [decoded]
+                    items.extend(many)
+                    indices.extend(range(len(many)))
+            else:
+                # PPE frames and config requests: their consumers decode and judge them.
+                await self.hub.publish(topic, bytes(data), origin=ORIGIN)
+        while items:
+            try:
+                await self.intake.accept(
+                    items, source=ORIGIN, topic=TELEMETRY_TOPIC, indices=indices, journal=True
+                )
+                self.counters["received_records"] += len(items)
+                break
+            except StoreError as exc:
+                self.last_error = f"store: {exc}"
+                log.error("mqtt: cannot journal telemetry, holding it: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _decode(self, topic: str, data: bytes) -> Any:
+        try:
+            value = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            await self._reject(topic, f"payload is not JSON: {exc}", data)
+            return None
+        if isinstance(value, dict) or (isinstance(value, list) and value):
+            return value
+        what = "an empty array" if value == [] else type(value).__name__
+        await self._reject(topic, f"expected a record or an array of records, got {what}", data)
+        return None
+
+    async def _reject(self, topic: str, reason: str, data: bytes) -> None:
+        self.counters["rejected_payloads"] += 1
+        preview = data[:200].decode("utf-8", "replace")
+        rejection = Rejection(source=f"{ORIGIN}:{topic}", reason=reason, input=preview)
+        await self.intake.reject([rejection], ORIGIN)
+
+    # -- outbox -> broker --------------------------------------------------------------
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            if self._outbox_rows:
+                rows = await self.store.read(_outbox_head, _OUT_BATCH)
+                if rows:
+                    await self._publish_all(client, [(t, p) for _, t, p in rows])
+                    await self.store.write(_outbox_delete, [seq for seq, _, _ in rows])
+                    self._outbox_rows = max(0, self._outbox_rows - len(rows))
+                    continue
+                self._outbox_rows = 0
+            if self._memory:
+                batch = [self._memory.popleft() for _ in range(min(_OUT_BATCH, len(self._memory)))]
+                try:
+                    await self._publish_all(client, batch)
+                except BaseException:
+                    # Not sent: back to the front, in order, for the next connection.
+                    self._memory.extendleft(reversed(batch))
+                    raise
+                continue
+            self._wake_out.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_out.wait(), _OUTBOX_POLL_S * 20)
+
+    async def _publish_all(self, client: aiomqtt.Client, batch: list[tuple[str, bytes]]) -> None:
+        """Publish with QoS 1 and return once the broker has acknowledged all of them."""
+        await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in batch))
+        self.counters["published"] += len(batch)
+
+    # -- views -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "broker": f"{self.settings.broker}:{self.settings.port}" if self.enabled else None,
+            "client_id": self.client_id if self.enabled else None,
+            "connected": self.connected,
+            "connected_since": self.connected_since if self.connected else None,
+            "shared_group": self.settings.shared_group or None,
+            "outbox_waiting": self._outbox_rows,
+            "memory_waiting": len(self._memory),
+            "last_error": self.last_error,
+            **self.counters,
+        }
