@@ -45,6 +45,7 @@ from ..ingest import TELEMETRY_TOPIC, Intake
 from ..messages import Rejection
 from ..settings import MqttSettings
 from ..store import Store, mqtt_outbox
+from .connection import client_options, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class MqttBridge:
         self._memory: deque[tuple[str, bytes]] = deque()
         self._outbox_rows = 0  # in the store, as far as we know
         self._wake_out = asyncio.Event()
+        self._tls: ssl.SSLContext | None = None
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task] = []
 
@@ -116,6 +118,7 @@ class MqttBridge:
     async def __aenter__(self) -> MqttBridge:
         if not self.enabled:
             return self
+        self._tls = tls_context(self.settings)  # a bad file stops start-up, naming it
         self._outbox_rows = await self.store.read(_outbox_size)
         # Drop-oldest never drops a protected message: only predictions can be lost here,
         # and only when the bridge itself cannot keep up with the hub.
@@ -205,33 +208,13 @@ class MqttBridge:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = s.session_expiry_s
         return aiomqtt.Client(
-            s.broker,
-            s.port,
-            username=s.username or None,
-            password=s.password or None,
+            **client_options(s, self._tls),
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,
             properties=props,
-            keepalive=s.keepalive_s,
-            tls_context=self._tls_context(),
-            tls_insecure=s.tls_insecure if s.tls else None,
             max_queued_incoming_messages=s.max_queued_messages,
             max_queued_outgoing_messages=s.max_queued_messages,
-            max_inflight_messages=s.max_inflight_messages,
-            timeout=10,
         )
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls:
-            return None
-        context = ssl.create_default_context(cafile=s.tls_ca_file or None)
-        if s.tls_cert_file:
-            context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
-        if s.tls_insecure:
-            context.check_hostname = False
-        return context
 
     async def _connection_loop(self) -> None:
         s = self.settings

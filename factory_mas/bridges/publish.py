@@ -19,7 +19,6 @@ import os
 import random
 import re
 import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ import msgspec
 from ..errors import FactoryError, SettingsError
 from ..ingest import TELEMETRY_TOPIC
 from ..settings import MqttSettings
+from .connection import client_options, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -205,37 +205,13 @@ class MqttPublisher:
             raise RuntimeError("the MQTT publisher stopped")
 
     def _client(self) -> aiomqtt.Client:
-        s = self.settings
         client = aiomqtt.Client(
-            s.broker,
-            s.port,
-            username=s.username or None,
-            password=s.password or None,
+            **client_options(self.settings, tls_context(self.settings)),
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            keepalive=s.keepalive_s,
-            tls_context=self._tls_context(),
-            tls_insecure=s.tls_insecure if s.tls else None,
-            max_inflight_messages=s.max_inflight_messages,
-            timeout=10,
         )
         # aiomqtt warns above 10 unacknowledged publishes; a window of them is the point.
         client.pending_calls_threshold = self.window + 1
         return client
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls:
-            return None
-        try:
-            context = ssl.create_default_context(cafile=s.tls_ca_file or None)
-            if s.tls_cert_file:
-                context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise SettingsError(f"mqtt TLS files: {exc}") from exc
-        if s.tls_insecure:
-            context.check_hostname = False
-        return context
 
     def _up(self) -> None:
         self.connected = True
