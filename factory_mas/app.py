@@ -32,6 +32,7 @@ from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
 from .api import EXCEPTION_HANDLERS, json_response
 from .bridges.mqtt import MqttBridge
+from .configure import Configurator
 from .errors import FactoryError
 from .history import HistoryWriter
 from .hub import Hub
@@ -85,6 +86,7 @@ class Components:
     orchestrator: Orchestrator
     history: HistoryWriter
     mqtt: MqttBridge
+    configurator: Configurator
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -147,6 +149,7 @@ class Components:
             "orchestrator": self.orchestrator.stats(),
             "history": self.history.stats(),
             "mqtt": self.mqtt.stats(),
+            "config": self.configurator.stats(),
             "planner": self.planner.stats(),
             "notify": self.notifier.stats(),
             "hub": self.hub.stats(),
@@ -206,6 +209,7 @@ def build_components(settings: Settings) -> Components:
         orchestrator,
         history,
         MqttBridge(settings.mqtt, hub, store, intake, settings.server.port),
+        Configurator(agents, hub, store),
     )
 
 
@@ -225,6 +229,10 @@ def build_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(c.inference)
             # Before the agents, so it stops after them and writes their last predictions.
             await stack.enter_async_context(c.history)
+            # Before the MQTT bridge, so no config request from the broker finds nobody
+            # listening, and before the agents, so run-time settings saved from SCADA, MQTT
+            # or REST are in force for their first records (journal catch-up included).
+            await stack.enter_async_context(c.configurator)
             # Also before the agents: telemetry it takes early is journaled and scored when
             # they start, and their last alerts on the way out still reach its outbox.
             await stack.enter_async_context(c.mqtt)
@@ -267,6 +275,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/status", status),
         Route("/system-state", orchestrator_routes.system_state),
         *c.intake.routes(),
+        *c.configurator.routes(),
         Mount("/api/orchestrator", routes=orchestrator_routes.routes()),
         Mount("/api/planner", routes=c.planner.routes()),
         Mount("/api/notify", routes=c.notifier.routes()),

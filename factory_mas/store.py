@@ -223,6 +223,16 @@ def _v4(conn: Connection) -> None:
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 
 
+def put_checkpoint(conn: Connection, name: str, data: bytes) -> None:
+    """Save a checkpoint inside the caller's transaction (an upsert both backends take)."""
+    now = time.time()
+    updated = conn.execute(
+        checkpoints.update().where(checkpoints.c.name == name).values(data=data, updated_at=now)
+    ).rowcount
+    if not updated:
+        conn.execute(checkpoints.insert().values(name=name, data=data, updated_at=now))
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
@@ -328,15 +338,7 @@ class Store:
 
     def _save_checkpoint(self, name: str, data: bytes) -> None:
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                checkpoints.update()
-                .where(checkpoints.c.name == name)
-                .values(data=data, updated_at=time.time())
-            ).rowcount
-            if not updated:
-                conn.execute(
-                    checkpoints.insert().values(name=name, data=data, updated_at=time.time())
-                )
+            put_checkpoint(conn, name, data)
 
     async def load_checkpoint(self, name: str) -> bytes | None:
         return await self._run(self._load_checkpoint, name)

@@ -98,6 +98,10 @@ class BaseAgent(abc.ABC):
     agent_id: ClassVar[str]
     slug: ClassVar[str]
     input_filter: ClassVar[str] = "sensors/factory/data/#"
+    # Settings read once, when the agent is built or started: a change takes a restart.
+    # Every other setting is read where it is used and may change at run time
+    # (apply_settings, driven by config/<agent_id> messages).
+    restart_only: ClassVar[frozenset[str]] = frozenset({"enabled", "history_size", "ws_queue_size"})
     # What a journaled message on the input topic decodes to.
     journal_type: ClassVar[Any] = list[TelemetryRecord]
 
@@ -237,6 +241,23 @@ class BaseAgent(abc.ABC):
         self.status = "stopped"
         for client in self._clients:
             client.ready.set()
+
+    async def apply_settings(self, new: AgentSettings) -> None:
+        """Swap in new settings between two batches: no batch is scored half with the old
+        thresholds and half with the new. The caller has validated `new` (a whole settings
+        Struct of this agent's type) and kept the restart_only keys as they were."""
+        if type(new) is not type(self.settings):
+            raise TypeError(
+                f"{self.agent_id} takes {type(self.settings).__name__}, got {type(new).__name__}"
+            )
+        async with self._scoring:
+            old, self.settings = self.settings, new
+            self.settings_changed(old)
+        self.counters["settings_changes"] += 1
+
+    def settings_changed(self, old: AgentSettings) -> None:  # noqa: B027 - optional hook
+        """Recompute what was derived from the settings; runs between two batches, with
+        the new settings already in self.settings and `old` the ones they replace."""
 
     async def restart(self) -> None:
         await self.stop()

@@ -24,7 +24,7 @@ from ...api import ApiError, read_body
 from ...hub import Message
 from ...ingest import REJECTED_TOPIC
 from ...messages import Alert, Prediction, Rejection
-from ...settings import PpeSettings
+from ...settings import AgentSettings, PpeSettings
 from ..base import AgentContext, BaseAgent
 from . import logic
 from .frames import (
@@ -64,6 +64,8 @@ class PpeAgent(BaseAgent):
     agent_id = AGENT_ID
     slug = "ppe"
     input_filter = "sensors/factory/ppe/+"
+    # The model is loaded once, at start and on reload.
+    restart_only = BaseAgent.restart_only | {"model_path", "labels_path"}
     settings: PpeSettings
 
     model: PpeModel
@@ -139,6 +141,14 @@ class PpeAgent(BaseAgent):
                 prediction.camera_id or DEFAULT_CAMERA, prediction.machine_id, missing
             ),
         )
+
+    def settings_changed(self, old: AgentSettings) -> None:
+        # Each camera keeps its frames in a deque of window_frames: a wider window must
+        # grow it, or frames beyond the old length would count as unseen (worn) forever.
+        n = self.settings.window_frames
+        for camera in self.cameras.values():
+            if camera.frames.maxlen != n:
+                camera.frames = deque(camera.frames, maxlen=n)
 
     def export_state(self) -> dict[str, dict[str, list[Any]]]:
         return {
