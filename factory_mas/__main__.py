@@ -267,12 +267,21 @@ def cmd_convert(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from .bench import report, run_inference_bench, write_json
+    from .bench import mqtt_report, report, run_inference_bench, run_mqtt_bench, write_json
 
-    results = run_inference_bench(settings, quick=args.quick)
-    print(report(results))
+    results: dict[str, Any] = {}
+    # --inference is the default; --mqtt alone runs only the MQTT bench.
+    if args.inference or not args.mqtt:
+        results["inference"] = run_inference_bench(settings, quick=args.quick)
+        print(report(results["inference"]))
+    if args.mqtt:
+        if results:
+            print()
+        results["mqtt"] = run_mqtt_bench(settings, quick=args.quick)
+        print(mqtt_report(results["mqtt"]))
     if args.json:
-        write_json(results, Path(args.json))
+        # One bench writes its figures as before; both write {"inference": .., "mqtt": ..}.
+        write_json(next(iter(results.values())) if len(results) == 1 else results, Path(args.json))
         print(f"\nwritten to {args.json}")
     return 0
 
@@ -331,11 +340,17 @@ def parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="turn a Keras model into a .tflite LiteRT serves")
     convert.add_argument("keras", help="a .keras or .h5 file")
     convert.add_argument("tflite", help="where to write the .tflite")
-    bench = sub.add_parser("bench", help="measure scoring speed on this machine")
+    bench = sub.add_parser("bench", help="measure scoring and MQTT throughput on this machine")
     bench.add_argument(
         "--inference",
         action="store_true",
         help="each agent's scoring, single and batched, and all together (the default)",
+    )
+    bench.add_argument(
+        "--mqtt",
+        action="store_true",
+        help="broker to prediction through the app against raw publish->subscribe, on a "
+        "private mosquitto (needs the mosquitto binary)",
     )
     bench.add_argument("--quick", action="store_true", help="short runs, under a minute")
     bench.add_argument("--json", help="also write the figures to this JSON file")

@@ -98,6 +98,8 @@ class Components:
             store_ok
             and self.ready
             and self.orchestrator.running
+            # A configured broker that is away degrades us; we still serve (HTTP 200).
+            and (self.mqtt.connected or not self.mqtt.enabled)
             and all(a.health()["healthy"] for a in self.agents)
         )
         body = {

@@ -501,7 +501,16 @@ async def test_a_broker_crash_mid_stream_loses_no_acknowledged_record(mosquitto,
     await bridge_subscribed(mosquitto, "bridge-crash")
     batches = [(TELEMETRY, [numbered(i) for i in range(b * 20, b * 20 + 20)]) for b in range(100)]
     publisher = Publisher(mosquitto, batches, pause_s=0.005)
-    control_room = Listener(mosquitto, "orchestrator/decisions", identifier="control-room")
+    control_room = Listener(
+        mosquitto,
+        "orchestrator/decisions",
+        "alerts/safety_agent",
+        "predictions/pm_agent",
+        identifier="control-room",
+    )
+    # Sent over HTTP while the broker is away: its prediction waits in memory, its alert
+    # in the outbox.
+    hot = record(43, temperature_c=140.0, vibration_hz=12.0, timestamp="2030-01-01T00:00:00Z")
 
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=10) as http,
@@ -550,7 +559,11 @@ async def test_a_broker_crash_mid_stream_loses_no_acknowledged_record(mosquitto,
             },
         )
         assert response.status_code == 202, response.text
-        await eventually(lambda: _at_least(outbox_waiting(), 1), "the decision in the outbox")
+        response = await http.post("/api/ingest", json=[hot])
+        assert response.status_code == 202, response.text
+        await eventually(
+            lambda: _at_least(outbox_waiting(), 2), "the alert and decision in the outbox"
+        )
         await eventually(lambda: publisher.failures > 0, "the publisher to notice the outage")
 
         await asyncio.to_thread(mosquitto.start)
@@ -572,6 +585,14 @@ async def test_a_broker_crash_mid_stream_loses_no_acknowledged_record(mosquitto,
                 if d["plan"]["machine_id"] == 42
             ],
             "the decision made during the outage",
+        )
+        await control_room.until(
+            lambda: [a for a in control_room.items("alerts/safety_agent") if a["machine_id"] == 43],
+            "the alert raised during the outage",
+        )
+        await control_room.until(
+            lambda: key(hot) in {key(p) for p in control_room.items("predictions/pm_agent")},
+            "the prediction made during the outage",
         )
         status = await get_status(http)
 
@@ -636,6 +657,51 @@ async def test_two_instances_in_a_shared_group_split_the_stream_exactly(
             await c.aclose()
     assert sum(final) == total, final
     assert all(n > 0 for n in final), final
+
+
+async def test_two_instances_in_a_shared_group_score_each_camera_frame_once(
+    mosquitto, server_factory, tmp_path
+):
+    """Camera frames are ingest too: with a shared group, each frame must be scored by
+    one instance, or every PPE violation becomes two alarms, two decisions, two texts."""
+    from factory_mas.bench import camera_frames
+
+    servers = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                server_factory,
+                server_env(mosquitto.port, f"bridge-ppe-{n}", FACTORY_MQTT_SHARED_GROUP="g1"),
+                tmp_path / f"ppe-{n}" / "data",
+            )
+            for n in (1, 2)
+        )
+    )
+    for n in (1, 2):
+        await bridge_subscribed(mosquitto, f"bridge-ppe-{n}")
+    frames = camera_frames(20, side=128)
+    await publish_all(
+        mosquitto, [(f"sensors/factory/ppe/gate-{i % 2}", f) for i, f in enumerate(frames)]
+    )
+
+    clients = [httpx.AsyncClient(base_url=s.url, timeout=10) for s in servers]
+    try:
+
+        async def scored() -> list[int]:
+            return [
+                (await get_status(c))["agents"]["ppe_agent"]["counters"].get("predictions", 0)
+                for c in clients
+            ]
+
+        async def all_in() -> bool:
+            return sum(await scored()) >= len(frames)
+
+        await eventually(all_in, f"{len(frames)} frames scored between the two instances")
+        await asyncio.sleep(0.5)  # a second copy would still be on its way
+        final = await scored()
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert sum(final) == len(frames), f"frames scored per instance: {final}"
 
 
 async def test_kill_9_of_the_server_loses_no_acknowledged_record(

@@ -207,7 +207,7 @@ class MqttBridge:
         s = self.settings
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = s.session_expiry_s
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             **client_options(s, self._tls),
             identifier=self.client_id,
             clean_start=False,
@@ -215,61 +215,63 @@ class MqttBridge:
             max_queued_incoming_messages=s.max_queued_messages,
             max_queued_outgoing_messages=s.max_queued_messages,
         )
+        # aiomqtt has no manual acks yet (aiomqtt issue #345); paho, underneath, does: we
+        # acknowledge a QoS 1 message only once what it carries is journaled. Set before
+        # connecting, so not even a message queued for our session is acked early.
+        client._client.manual_ack_set(True)
+        client.pending_calls_threshold = s.max_inflight_messages
+        return client
 
     async def _connection_loop(self) -> None:
         s = self.settings
         delay = s.reconnect_min_s
-        failures = 0
+        outage_logged = False
         while True:
             try:
                 async with self._client() as client:
-                    self.connected, self.connected_since = True, time.time()
-                    self.counters["connects"] += 1
-                    if failures:
-                        log.info("mqtt: connected to %s:%d again", s.broker, s.port)
-                    else:
-                        log.info("mqtt: connected to %s:%d as %s", s.broker, s.port, self.client_id)
-                    failures, delay = 0, s.reconnect_min_s
-                    await self._serve(client)
+                    await self._serve(client, again=self.counters["connects"] > 0)
             except Exception as exc:  # the bridge must outlive any one failure
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, aiomqtt.MqttError | OSError | ssl.SSLError):
                     log.exception("mqtt: unexpected failure; reconnecting")
-                if self.connected:
-                    self.counters["disconnects"] += 1
-                if failures == 0:
-                    log.warning(
-                        "mqtt: broker %s:%d unavailable (%s); retrying with backoff",
-                        s.broker,
-                        s.port,
-                        self.last_error,
-                    )
-                failures += 1
-            finally:
-                self.connected = False
+            if self.connected:
+                # A connection that worked: the next outage starts its backoff afresh.
+                self.counters["disconnects"] += 1
+                self.connected, outage_logged, delay = False, False, s.reconnect_min_s
+            if not outage_logged:
+                log.warning(
+                    "mqtt: broker %s:%d unavailable (%s); retrying with backoff",
+                    s.broker,
+                    s.port,
+                    self.last_error,
+                )
+                outage_logged = True
             # Jitter spreads the reconnects of many instances after a broker restart.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, s.reconnect_max_s)
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        # aiomqtt has no manual acks yet (aiomqtt issue #345); paho, underneath, does: we
-        # acknowledge a QoS 1 message only once what it carries is journaled.
-        client._client.manual_ack_set(True)
-        client.pending_calls_threshold = self.settings.max_inflight_messages
-        for topic_filter in self.settings.subscribe:
+    async def _serve(self, client: aiomqtt.Client, again: bool) -> None:
+        s = self.settings
+        for topic_filter in s.subscribe:
             topic, options = self._subscription(topic_filter)
             await client.subscribe(topic, options=options)
+        # Connected means subscribed: only now does nothing sent to us fall on the floor.
+        self.connected, self.connected_since = True, time.time()
+        self.counters["connects"] += 1
+        if again:
+            log.info("mqtt: connected to %s:%d again", s.broker, s.port)
+        else:
+            log.info("mqtt: connected to %s:%d as %s", s.broker, s.port, self.client_id)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._receive(client))
             tasks.create_task(self._send(client))
 
     def _subscription(self, topic_filter: str) -> tuple[str, SubscribeOptions]:
-        telemetry = topic_filter == TELEMETRY_TOPIC or topic_filter.startswith(
-            TELEMETRY_TOPIC + "/"
-        )
-        if self.settings.shared_group and telemetry:
-            # Only telemetry is split: every instance must hear config changes, and MQTT v5
-            # forbids no-local on a shared subscription.
+        if self.settings.shared_group and topic_filter.startswith("sensors/"):
+            # Input is split between the group's instances (telemetry and camera frames
+            # alike, or each frame would be scored, alarmed and texted once per instance);
+            # config is not: every instance must apply a change. MQTT v5 forbids no-local
+            # on a shared subscription.
             group = self.settings.shared_group
             return f"$share/{group}/{topic_filter}", SubscribeOptions(qos=1)
         return topic_filter, SubscribeOptions(qos=1, noLocal=True)
