@@ -363,3 +363,19 @@ async def test_a_worse_level_with_the_same_plan_is_a_new_decision(settings):
         ("EMERGENCY", "evacuate_area"),
         ("CRITICAL", "evacuate_area"),
     ]
+
+
+async def test_one_batch_can_close_an_alarm_and_raise_its_successor(settings):
+    back = {"level": "NORMAL", "type": RETURN_TO_NORMAL, "source": "plc-3", "details": "ok"}
+    async with running_app(settings) as (_, client):
+        first = (await post_alert(client, alert()))["alarms"][0]
+        await act(client, first["id"], "ack", by="alice")
+        body = await post_alert(client, [{**back, "machine_id": 7}, alert(), alert()])
+        found = await alarms(client)
+    closed, fresh = sorted(body["alarms"], key=lambda a: a["id"])
+    assert closed["id"] == first["id"] and closed["state"] == "CLEARED_ACK"
+    assert fresh["state"] == "ACTIVE_UNACK" and fresh["count"] == 2
+    assert sorted((a["id"], a["state"], a["count"]) for a in found) == [
+        (first["id"], "CLEARED_ACK", 1),
+        (fresh["id"], "ACTIVE_UNACK", 2),
+    ]

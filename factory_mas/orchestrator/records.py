@@ -48,8 +48,11 @@ def _columns(alarm: Alarm, plan_pending: bool | None) -> dict[str, object]:
 def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change]) -> None:
     """Log the alerts and commit the alarm changes they caused, with their audit lines.
 
-    New alarms get their id here. One batch may raise an alarm and update it again; both
-    changes then carry id 0 and the second must update the row the first inserted.
+    New alarms get their id here. One batch may raise an alarm and update it again: both
+    changes then carry id 0 and the second belongs to the row the first inserted, until
+    that alarm closes (the next raise with its key is a new alarm). Each alarm's row is
+    written once, in its final state: an alert storm costs a statement per alarm, not per
+    alert.
     """
     now = time.time()
     if received:
@@ -58,30 +61,48 @@ def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change])
             [{"id": a.id, "received_at": now, "data": _encode(a)} for a in received],
         )
     assigned: dict[Key, int] = {}
+    final: dict[int, tuple[Alarm, bool]] = {}  # id -> (last version, a plan is owed)
+    events: list[dict[str, object]] = []
     for change in changes:
-        alarm = change.alarm
-        if alarm.id == 0 and key_of(alarm) in assigned:
-            alarm.id = assigned[key_of(alarm)]
-        # A plan owed stays owed until a decision settles it (see mark_planned).
-        pending = True if change.plan else None
+        alarm, key = change.alarm, key_of(change.alarm)
         if alarm.id == 0:
-            result = conn.execute(alarms.insert().values(_columns(alarm, bool(pending))))
-            alarm.id = assigned[key_of(alarm)] = int(result.inserted_primary_key[0])
-            # ... and the update below stores the JSON copy again, now with that id.
-        conn.execute(
-            alarms.update().where(alarms.c.id == alarm.id).values(_columns(alarm, pending))
-        )
+            if key in assigned:
+                alarm.id = assigned[key]
+            else:
+                result = conn.execute(alarms.insert().values(_columns(alarm, change.plan)))
+                alarm.id = assigned[key] = int(result.inserted_primary_key[0])
+        owed = final[alarm.id][1] if alarm.id in final else False
+        final[alarm.id] = (alarm, owed or change.plan)
+        if not is_open(alarm):
+            # Written now, before a successor with its key can be inserted: the database
+            # allows one open alarm per key.
+            assigned.pop(key, None)
+            _write(conn, *final.pop(alarm.id))
         if change.event is not None:
             change.event.alarm_id = alarm.id
-            conn.execute(
-                alarm_events.insert().values(
-                    alarm_id=alarm.id,
-                    at=change.event.at.timestamp(),
-                    kind=change.event.kind,
-                    by=change.event.by,
-                    data=_encode(change.event),
-                )
+            events.append(
+                {
+                    "alarm_id": alarm.id,
+                    "at": change.event.at.timestamp(),
+                    "kind": change.event.kind,
+                    "by": change.event.by,
+                    "data": _encode(change.event),
+                }
             )
+    for alarm, owed in final.values():
+        _write(conn, alarm, owed)
+    if events:
+        conn.execute(alarm_events.insert(), events)
+
+
+def _write(conn: Connection, alarm: Alarm, owed: bool) -> None:
+    # The JSON copy is written here, with the id; a plan owed stays owed until a decision
+    # settles it (see mark_planned), so only True is ever written.
+    conn.execute(
+        alarms.update()
+        .where(alarms.c.id == alarm.id)
+        .values(_columns(alarm, True if owed else None))
+    )
 
 
 def load_open(conn: Connection) -> list[Alarm]:
