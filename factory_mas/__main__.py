@@ -247,6 +247,27 @@ def _replay_mqtt(
     return 0
 
 
+def cmd_points(settings: Settings, args: argparse.Namespace) -> int:
+    from .bridges.scada.points import as_csv, as_table, build_points, rows
+
+    points = build_points(settings)
+    if args.format == "csv":
+        sys.stdout.write(as_csv(points))
+    elif args.format == "json":
+        sys.stdout.write(msgspec.json.encode({"points": rows(points)}).decode() + "\n")
+    else:
+        print(as_table(points))
+        print(
+            f"\n{len(points)} points. OPC UA namespace http://6g-mas-factory.com on port "
+            f"{settings.scada.opcua_port}; Modbus TCP port {settings.scada.modbus_port}, device "
+            f"id {settings.scada.modbus_device_id}, "
+            + ("float32 (2 registers)" if settings.scada.modbus_float32 else "value x scale")
+            + f"; DNP3 port {settings.scada.dnp3_port}, outstation "
+            f"{settings.scada.dnp3_outstation_address}. --csv for a spreadsheet."
+        )
+    return 0
+
+
 def cmd_convert(_settings: Settings, args: argparse.Namespace) -> int:
     source, target = Path(args.keras), Path(args.tflite)
     try:
@@ -337,6 +358,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--machines", type=int, help="number of simulated machines")
     replay.add_argument("--seed", type=int, help="simulator seed")
     replay.add_argument("--count", type=int, help="stop after this many records")
+    points = sub.add_parser("points", help="print the SCADA point table (OPC UA, Modbus, DNP3)")
+    shape = points.add_mutually_exclusive_group()
+    shape.add_argument("--csv", dest="format", action="store_const", const="csv")
+    shape.add_argument("--json", dest="format", action="store_const", const="json")
     convert = sub.add_parser("convert", help="turn a Keras model into a .tflite LiteRT serves")
     convert.add_argument("keras", help="a .keras or .h5 file")
     convert.add_argument("tflite", help="where to write the .tflite")
@@ -363,6 +388,7 @@ COMMANDS = {
     "replay": cmd_replay,
     "bench": cmd_bench,
     "convert": cmd_convert,
+    "points": cmd_points,
 }
 
 

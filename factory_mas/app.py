@@ -32,6 +32,7 @@ from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
 from .api import EXCEPTION_HANDLERS, json_response
 from .bridges.mqtt import MqttBridge
+from .bridges.scada.service import ScadaBridge
 from .configure import Configurator
 from .errors import FactoryError
 from .history import HistoryWriter
@@ -87,6 +88,8 @@ class Components:
     history: HistoryWriter
     mqtt: MqttBridge
     configurator: Configurator
+    # Built once the rest exists: its values come from all of them.
+    scada: ScadaBridge = field(init=False)
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -98,8 +101,10 @@ class Components:
             store_ok
             and self.ready
             and self.orchestrator.running
-            # A configured broker that is away degrades us; we still serve (HTTP 200).
+            # A configured broker that is away, or a SCADA server that could not bind its
+            # port, degrades us; we still serve (HTTP 200).
             and (self.mqtt.connected or not self.mqtt.enabled)
+            and not self.scada.problems
             and all(a.health()["healthy"] for a in self.agents)
         )
         body = {
@@ -112,6 +117,8 @@ class Components:
                 "agents": agents,
                 "orchestrator": "running" if self.orchestrator.running else "stopped",
                 "mqtt_connected": self.mqtt.connected if self.mqtt.enabled else None,
+                "scada": self.scada.problems
+                or ("off" if not self.settings.scada.enabled else "ok"),
                 "replay": self.replay.stats()["running"] if self.settings.replay.enabled else "off",
             },
         }
@@ -151,6 +158,7 @@ class Components:
             "orchestrator": self.orchestrator.stats(),
             "history": self.history.stats(),
             "mqtt": self.mqtt.stats(),
+            "scada": self.scada.status(),
             "config": self.configurator.stats(),
             "planner": self.planner.stats(),
             "notify": self.notifier.stats(),
@@ -197,7 +205,7 @@ def build_components(settings: Settings) -> Components:
         queue_size=h.queue_size,
         sample_s=h.sample_s,
     )
-    return Components(
+    components = Components(
         settings,
         hub,
         store,
@@ -213,6 +221,8 @@ def build_components(settings: Settings) -> Components:
         MqttBridge(settings.mqtt, hub, store, intake, settings.server.port),
         Configurator(agents, hub, store),
     )
+    components.scada = ScadaBridge(components)
+    return components
 
 
 def build_app(settings: Settings) -> Starlette:
@@ -241,6 +251,8 @@ def build_app(settings: Settings) -> Starlette:
             for agent in c.agents:
                 await stack.enter_async_context(agent)
             await stack.enter_async_context(every(JOURNAL_PRUNE_S, c.prune_journal))
+            # After the agents (its values are theirs), before the producers.
+            await stack.enter_async_context(c.scada)
             if settings.replay.enabled:
                 await stack.enter_async_context(c.replay)
                 if settings.replay.cameras:
@@ -278,6 +290,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/system-state", orchestrator_routes.system_state),
         *c.intake.routes(),
         *c.configurator.routes(),
+        *c.scada.routes(),
         Mount("/api/orchestrator", routes=orchestrator_routes.routes()),
         Mount("/api/planner", routes=c.planner.routes()),
         Mount("/api/notify", routes=c.notifier.routes()),

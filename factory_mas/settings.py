@@ -318,6 +318,32 @@ class MqttSettings(_Section):
 _MQTT_FILTER = re.compile(r"(?:[^/+#]+|\+)(?:/(?:[^/+#]*|\+))*(?:/#)?|#")
 
 
+class ScadaSettings(_Section):
+    # Control systems read live values and write settings back over three protocols,
+    # all laid out by one point table (`python -m factory_mas points`).
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    opcua_enabled: bool = True
+    opcua_port: Annotated[int, Meta(ge=1, le=65535)] = 4840
+    # "None" for plain connections, or "Basic256Sha256" (sign and encrypt) with a
+    # certificate generated under <data dir>/scada on first start.
+    opcua_security: Literal["None", "Basic256Sha256"] = "None"
+    modbus_enabled: bool = True
+    modbus_port: Annotated[int, Meta(ge=1, le=65535)] = 502
+    modbus_device_id: Annotated[int, Meta(ge=0, le=247)] = 1
+    # Values as 32-bit IEEE floats over two registers instead of scaled 16-bit integers.
+    modbus_float32: bool = False
+    dnp3_enabled: bool = True
+    dnp3_port: Annotated[int, Meta(ge=1, le=65535)] = 20000
+    dnp3_outstation_address: Annotated[int, Meta(ge=0, le=65519)] = 10
+    dnp3_master_address: Annotated[int, Meta(ge=0, le=65519)] = 1
+    # Machines that get their own points (level, failure probability, RUL, power, ...).
+    machines: list[Annotated[int, Meta(ge=1, le=1_000_000)]] = field(
+        default_factory=lambda: [1, 2, 3, 4, 5]
+    )
+    update_interval_s: Annotated[float, Meta(ge=0.05, le=10)] = 0.5
+
+
 class HistorySettings(_Section):
     # Predictions kept in the store beyond the agents' in-memory rings, like a process
     # historian: every change of level, and otherwise one per machine (or camera) and
@@ -535,6 +561,7 @@ class Settings(_Section):
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     agents: AgentsSettings = field(default_factory=AgentsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    scada: ScadaSettings = field(default_factory=ScadaSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     orchestrator: OrchestratorSettings = field(default_factory=OrchestratorSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)

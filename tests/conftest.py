@@ -62,6 +62,8 @@ def settings(tmp_path: Path) -> Settings:
             "FACTORY_DATA_DIR": str(tmp_path / "data"),
             "FACTORY_REPLAY_ENABLED": "false",
             "FACTORY_AGENTS_PM_CHECKPOINT_INTERVAL_S": "0.1",
+            # SCADA servers bind fixed ports; the tests that want them ask with free ones.
+            "FACTORY_SCADA_ENABLED": "false",
         },
     )
 
@@ -101,6 +103,7 @@ class Server:
             "FACTORY_SERVER_HOST": "127.0.0.1",
             "FACTORY_DATA_DIR": str(data_dir),
             "FACTORY_REPLAY_ENABLED": "false",
+            "FACTORY_SCADA_ENABLED": "false",
             "LOG_LEVEL": "warning",
             **(env or {}),
         }

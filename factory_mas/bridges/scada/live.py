@@ -1,0 +1,288 @@
+"""The live values behind the points, and the writes that come back from control systems.
+
+`LiveValues` keeps the latest prediction per agent and machine (or camera) from the hub's
+predictions/# (a drop-oldest subscription: a slow SCADA side never holds up scoring) and
+computes every point's value on demand from that and the components' own state.
+
+`Writes` is the one way in for all three protocols: it checks a value against its point
+(writable, type, range), applies it through the Configurator (settings), the agent's life
+cycle (enabled) or the orchestrator (alarm acknowledge), and records every attempt,
+accepted or not, in the config audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ...hub import Overflow, Subscription, SubscriptionClosed
+from ...levels import RANK
+from ...messages import Prediction
+from ...orchestrator.logic import AlarmConflict
+from ...orchestrator.service import AlarmNotFound
+from ...store import config_changes
+from .points import AGENTS, LEVEL_CODES, THREAT_CODES, Point
+
+if TYPE_CHECKING:
+    from ...app import Components
+
+log = logging.getLogger(__name__)
+Value = bool | int | float
+
+
+class LiveValues:
+    def __init__(self, components: Components, points: list[Point]) -> None:
+        self.c = components
+        self.points = {p.name: p for p in points}
+        # agent_id -> subject (machine id or camera id) -> latest prediction
+        self.latest: dict[str, dict[int | str, Prediction]] = {a: {} for a in AGENTS}
+        self.last_acked = 0
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> LiveValues:
+        self._sub = self.c.hub.subscribe(
+            "predictions/+", name="scada", maxsize=1024, overflow=Overflow.DROP_OLDEST
+        )
+        self._task = asyncio.create_task(self._follow(), name="scada-live")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            self._sub.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        assert self._sub is not None
+        while True:
+            try:
+                message = await self._sub.get()
+            except SubscriptionClosed:
+                return
+            items = message.payload if isinstance(message.payload, list) else [message.payload]
+            for p in items:
+                if isinstance(p, Prediction) and p.agent_id in self.latest:
+                    subject = p.machine_id if p.machine_id is not None else p.camera_id or ""
+                    self.latest[p.agent_id][subject] = p
+
+    # -- values ------------------------------------------------------------------------
+
+    def values(self) -> dict[str, Value]:
+        """Every point's current value (type as in the table)."""
+        out: dict[str, Value] = {}
+        out.update(self._system())
+        for agent_id in AGENTS:
+            out.update(self._agent(agent_id))
+        for machine_id in self.c.settings.scada.machines:
+            out.update(self._machine(machine_id))
+        return {name: out.get(name, _zero(p)) for name, p in self.points.items()}
+
+    def _system(self) -> dict[str, Value]:
+        o = self.c.orchestrator
+        open_alarms = list(o.open.values())
+        by_level = {level: 0 for level in LEVEL_CODES}
+        for alarm in open_alarms:
+            by_level[alarm.highest_level] += 1
+        values: dict[str, Value] = {
+            "system.running": self.c.ready,
+            "system.agents_healthy": all(a.health()["healthy"] for a in self.c.agents),
+            "system.alarms_active": sum(a.state.startswith("ACTIVE") for a in open_alarms),
+            "system.alarms_unacknowledged": sum(a.state.endswith("_UNACK") for a in open_alarms),
+            "system.flood": o.flood.active,
+            "system.mqtt_connected": self.c.mqtt.connected,
+            "system.acknowledge_alarm": self.last_acked,
+        }
+        for level, count in by_level.items():
+            values[f"system.alarms_{level.lower()}"] = count
+        return values
+
+    def _agent(self, agent_id: str) -> dict[str, Value]:
+        agent = next((a for a in self.c.agents if a.agent_id == agent_id), None)
+        if agent is None:
+            return {}
+        latest = list(self.latest[agent_id].values())
+        results = [p.result for p in latest]
+        g = agent_id
+        values: dict[str, Value] = {
+            f"{g}.enabled": agent.status == "running",
+            f"{g}.healthy": bool(agent.health()["healthy"]),
+            f"{g}.level": max((LEVEL_CODES[p.level] for p in latest), default=0),
+        }
+        for key in ("failure_probability_emergency", "rul_critical_hours", "rul_warning_hours",
+                    "anomaly_score_threshold", "high_after_anomalies", "hazard_score_warning",
+                    "hazard_score_critical", "threshold"):  # fmt: skip
+            if f"{g}.{key}" in self.points:
+                values[f"{g}.{key}"] = getattr(agent.settings, key)
+        if agent_id == "pm_agent" and latest:
+            worst = max(latest, key=lambda p: p.result["failure_probability"])
+            values[f"{g}.worst_machine"] = worst.machine_id or 0
+            values[f"{g}.worst_failure_probability"] = 100 * worst.result["failure_probability"]
+            values[f"{g}.worst_rul_hours"] = min(r["rul_hours"] for r in results)
+        elif agent_id == "energy_agent":
+            anomalous = sum(bool(r["is_anomaly"]) for r in results)
+            values[f"{g}.total_kw"] = sum(r["consumption_kw"] for r in results)
+            values[f"{g}.anomaly"] = anomalous > 0
+            values[f"{g}.anomalous_machines"] = anomalous
+        elif agent_id == "cyber_agent":
+            threats = [THREAT_CODES.get(r["threat_level"], 0) for r in results]
+            values[f"{g}.threat_level"] = max(threats, default=0)
+            values[f"{g}.anomalous_machines"] = sum(bool(r["is_anomaly"]) for r in results)
+        elif agent_id == "safety_agent":
+            values[f"{g}.max_hazard_score"] = 100 * max(
+                (r["hazard_score"] for r in results), default=0.0
+            )
+            values[f"{g}.evacuation_required"] = any(r["evacuation_required"] for r in results)
+        elif agent_id == "ppe_agent":
+            noncompliant = sum(not r["compliant"] for r in results)
+            values[f"{g}.compliant"] = noncompliant == 0
+            values[f"{g}.cameras_noncompliant"] = noncompliant
+        return values
+
+    def _machine(self, machine_id: int) -> dict[str, Value]:
+        m = f"machine_{machine_id}"
+        found = {a: self.latest[a].get(machine_id) for a in AGENTS}
+        levels = [p.level for p in found.values() if p is not None]
+        values: dict[str, Value] = {
+            f"{m}.level": LEVEL_CODES[max(levels, key=RANK.__getitem__)] if levels else 0
+        }
+        if (pm := found["pm_agent"]) is not None:
+            values[f"{m}.failure_probability"] = 100 * pm.result["failure_probability"]
+            values[f"{m}.rul_hours"] = pm.result["rul_hours"]
+        if (energy := found["energy_agent"]) is not None:
+            values[f"{m}.power_kw"] = energy.result["consumption_kw"]
+        if (safety := found["safety_agent"]) is not None:
+            values[f"{m}.hazard_score"] = 100 * safety.result["hazard_score"]
+        if (cyber := found["cyber_agent"]) is not None:
+            values[f"{m}.threat_level"] = THREAT_CODES.get(cyber.result["threat_level"], 0)
+        return values
+
+
+def _zero(point: Point) -> Value:
+    return {"Boolean": False, "Int32": 0, "Float": 0.0}[point.type]
+
+
+# -- writes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    ok: bool
+    # not_found, read_only, wrong_type, out_of_range, rejected (the target refused it),
+    # unavailable (the store); None when ok.
+    code: str | None = None
+    error: str = ""
+    value: Value | None = None  # what is in force after the write
+    audited: bool = False  # the Configurator has recorded it already
+
+
+class Writes:
+    def __init__(self, components: Components, live: LiveValues) -> None:
+        self.c = components
+        self.live = live
+        self.points = live.points
+
+    async def write(self, name: str, raw: Any, origin: str, by: str = "") -> WriteResult:
+        """Check and apply one write from a control system; every attempt is audited."""
+        point = self.points.get(name)
+        result = await self._apply(point, raw, origin, by or origin) if point else WriteResult(
+            False, "not_found", f"no point {name!r}"
+        )  # fmt: skip
+        if not result.audited:
+            await self._audit(name, point, raw, origin, by or origin, result)
+        if not result.ok:
+            log.warning("scada: %s refused %s = %r: %s", origin, name, raw, result.error)
+        return result
+
+    async def _apply(self, point: Point, raw: Any, origin: str, by: str) -> WriteResult:
+        if not point.writable:
+            return WriteResult(False, "read_only", f"{point.name} is read-only")
+        value = _coerce(point, raw)
+        if value is None:
+            return WriteResult(
+                False, "wrong_type", f"{point.name} takes a {point.type}, got {raw!r}"
+            )
+        if (point.lo is not None and value < point.lo) or (
+            point.hi is not None and value > point.hi
+        ):
+            return WriteResult(
+                False, "out_of_range", f"{point.name} = {value!r} is outside {point.lo}..{point.hi}"
+            )  # fmt: skip
+        kind, _, rest = point.target.partition(":")
+        if kind == "setting":
+            agent_id, _, key = rest.partition(":")
+            answer = await self.c.configurator.submit(
+                agent_id, {"set": {key: value}, "by": by}, origin
+            )
+            await self.c.hub.publish(f"config/{agent_id}/result", answer, origin="scada")
+            if not answer.accepted:
+                code = "unavailable" if answer.code == "store_unavailable" else "rejected"
+                return WriteResult(False, code, answer.error or "refused", audited=True)
+            return WriteResult(True, value=value, audited=True)
+        if kind == "enabled":
+            agent = next(a for a in self.c.agents if a.agent_id == rest)
+            if value and agent.status != "running":
+                await agent.start()
+                if agent.status != "running":
+                    return WriteResult(False, "rejected", f"{rest} did not start: {agent.error}")
+            elif not value and agent.status == "running":
+                await agent.stop()
+            return WriteResult(True, value=bool(value))
+        if kind == "command" and rest == "ack_alarm":
+            try:
+                await self.c.orchestrator.ack(int(value), by, note=f"from {origin}")
+            except (AlarmNotFound, AlarmConflict) as exc:
+                return WriteResult(False, "rejected", str(exc))
+            self.live.last_acked = int(value)
+            return WriteResult(True, value=int(value))
+        return WriteResult(False, "rejected", f"{point.name}: nothing to apply it to")
+
+    async def _audit(
+        self, name: str, point: Point | None, raw: Any, origin: str, by: str, r: WriteResult
+    ) -> None:
+        data = {"request": {"point": name, "value": _jsonable(raw)},
+                "result": {"ok": r.ok, "code": r.code, "error": r.error}}  # fmt: skip
+        target = (point.target.split(":")[1] if point and ":" in point.target else "scada")[:100]
+
+        def insert(conn: Any) -> None:
+            conn.execute(
+                config_changes.insert().values(
+                    at=time.time(),
+                    target=target,
+                    origin=origin[:200],
+                    by=by[:200],
+                    accepted=r.ok,
+                    data=msgspec.json.encode(data),
+                )
+            )
+
+        try:
+            await self.c.store.write(insert)
+        except Exception as exc:  # auditing must not turn a write into a crash
+            log.error("scada: write to %s not audited: %s", name, exc)
+
+
+def _coerce(point: Point, raw: Any) -> Value | None:
+    """The written value as the point's type, or None when it cannot be one."""
+    if isinstance(raw, bool):
+        return raw if point.type == "Boolean" else None
+    if point.type == "Boolean":
+        return bool(raw) if raw in (0, 1) else None
+    if not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    if point.type == "Int32":
+        return int(raw) if float(raw).is_integer() else None
+    return float(raw)
+
+
+def _jsonable(raw: Any) -> Any:
+    return raw if isinstance(raw, bool | int | float | str | type(None)) else repr(raw)
