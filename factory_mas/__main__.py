@@ -289,19 +289,24 @@ def cmd_convert(_settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from .bench import mqtt_report, report, run_inference_bench, run_mqtt_bench, write_json
+    from .bench.scada import run_scada_bench, scada_report
 
     results: dict[str, Any] = {}
-    # --inference is the default; --mqtt alone runs only the MQTT bench.
-    if args.inference or not args.mqtt:
-        results["inference"] = run_inference_bench(settings, quick=args.quick)
-        print(report(results["inference"]))
-    if args.mqtt:
+    # --inference is the default; --mqtt or --scada alone run only those.
+    runs = [
+        ("inference", args.inference or not (args.mqtt or args.scada), run_inference_bench, report),
+        ("mqtt", args.mqtt, run_mqtt_bench, mqtt_report),
+        ("scada", args.scada, run_scada_bench, scada_report),
+    ]
+    for name, wanted, run, show in runs:
+        if not wanted:
+            continue
         if results:
             print()
-        results["mqtt"] = run_mqtt_bench(settings, quick=args.quick)
-        print(mqtt_report(results["mqtt"]))
+        results[name] = run(settings, quick=args.quick)
+        print(show(results[name]))
     if args.json:
-        # One bench writes its figures as before; both write {"inference": .., "mqtt": ..}.
+        # One bench writes its figures as before; several write {"inference": .., ...}.
         write_json(next(iter(results.values())) if len(results) == 1 else results, Path(args.json))
         print(f"\nwritten to {args.json}")
     return 0
@@ -376,6 +381,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="broker to prediction through the app against raw publish->subscribe, on a "
         "private mosquitto (needs the mosquitto binary)",
+    )
+    bench.add_argument(
+        "--scada",
+        action="store_true",
+        help="telemetry throughput with the SCADA servers on against off",
     )
     bench.add_argument("--quick", action="store_true", help="short runs, under a minute")
     bench.add_argument("--json", help="also write the figures to this JSON file")
