@@ -1,0 +1,274 @@
+"""The OPC UA server against a real asyncua Client, inside the whole running app."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+from factory_mas.bridges.scada.opcua import CERT_FILE, KEY_FILE, ensure_certificate
+from factory_mas.bridges.scada.points import NAMESPACE
+from factory_mas.settings import Settings
+
+from .conftest import free_port, record, running_app
+
+GROUPS = {"SystemStatus", "PredictiveMaintenance", "EnergyOptimization", "CyberSecurity",
+          "WorkplaceSafety", "PPECompliance", "Machines"}  # fmt: skip
+
+
+def opcua_settings(settings: Settings, **scada: object) -> Settings:
+    """SCADA on with only OPC UA, on a free loopback port, refreshed quickly."""
+    s = msgspec.structs.replace(
+        settings.scada,
+        enabled=True,
+        host="127.0.0.1",
+        opcua_enabled=True,
+        opcua_port=free_port(),
+        modbus_enabled=False,
+        dnp3_enabled=False,
+        update_interval_s=0.1,
+        **scada,
+    )
+    return msgspec.structs.replace(settings, scada=s)
+
+
+def url(settings: Settings) -> str:
+    return f"opc.tcp://127.0.0.1:{settings.scada.opcua_port}/factory_mas/"
+
+
+async def node(client: Client, *path: str):
+    idx = await client.get_namespace_index(NAMESPACE)
+    names = ["MultiAgentSystem", *path]
+    return await client.nodes.objects.get_child([f"{idx}:{n}" for n in names])
+
+
+async def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if value := await predicate():
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_namespace_layout_types_units_and_timestamps(settings: Settings) -> None:
+    s = opcua_settings(settings)
+    async with running_app(s) as (c, _http), Client(url(s)) as client:
+        idx = await client.get_namespace_index(NAMESPACE)
+        root = await node(client)
+        folders = {(await f.read_browse_name()).Name for f in await root.get_children()}
+        assert folders == GROUPS
+        # Every point of the table is where its opcua_path says, typed as the table says.
+        for point in c.scada.points:
+            n = await node(client, point.group, point.browse_name)
+            assert n.nodeid == ua.NodeId(point.name, idx)
+            want = {"Boolean": ua.VariantType.Boolean, "Int32": ua.VariantType.Int32,
+                    "Float": ua.VariantType.Double}[point.type]  # fmt: skip
+            assert await n.read_data_type_as_variant_type() == want, point.name
+            access = await n.get_access_level()
+            assert (ua.AccessLevel.CurrentWrite in access) == point.writable, point.name
+
+        rul = await node(client, "PredictiveMaintenance", "RulCriticalHours")
+        eu = await (await rul.get_child("0:EngineeringUnits")).read_value()
+        assert isinstance(eu, ua.EUInformation)
+        assert eu.DisplayName.Text == "h"
+        assert eu.UnitId == (ord("H") << 16) | (ord("U") << 8) | ord("R")
+        description = await rul.read_description()
+        assert "CRITICAL" in description.Text
+
+        level = await node(client, "PredictiveMaintenance", "Level")
+        eu_range = await (await level.get_child("0:EURange")).read_value()
+        assert (eu_range.Low, eu_range.High) == (0.0, 4.0)
+
+        # Values arrive with the time they were computed as the source timestamp.
+        running = await node(client, "SystemStatus", "Running")
+
+        async def running_true():
+            dv = await running.read_data_value()
+            return dv if dv.Value.Value is True else None
+
+        dv = await wait_for(running_true, what="Running = true")
+        assert dv.Value.VariantType == ua.VariantType.Boolean
+        assert dv.SourceTimestamp is not None
+        assert abs(dv.SourceTimestamp.replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(
+            seconds=30
+        )
+        critical = await rul.read_data_value()
+        assert critical.Value.VariantType == ua.VariantType.Double
+        assert critical.Value.Value == s.agents.pm.rul_critical_hours
+        alarms = await (await node(client, "SystemStatus", "ActiveAlarms")).read_data_value()
+        assert alarms.Value.VariantType == ua.VariantType.Int32
+        assert alarms.Value.Value == 0
+
+        status = c.scada.status()["servers"]["opcua"]
+        assert status["listening"] and status["error"] is None
+        assert status["security"] == "None"
+
+
+class Changes:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def datachange_notification(self, node, value, data) -> None:
+        self.queue.put_nowait((node, value, data.monitored_item.Value))
+
+
+async def test_subscription_delivers_changes(settings: Settings) -> None:
+    s = opcua_settings(settings)
+    async with running_app(s) as (_c, http), Client(url(s)) as client:
+        alarms = await node(client, "SystemStatus", "ActiveAlarms")
+        worst = await node(client, "PredictiveMaintenance", "WorstFailureProbability")
+        handler = Changes()
+        sub = await client.create_subscription(50, handler)
+        await sub.subscribe_data_change([alarms, worst])
+        initial = {}
+        while len(initial) < 2:  # the current values come first
+            n, value, _dv = await asyncio.wait_for(handler.queue.get(), 10)
+            initial[n.nodeid] = value
+        assert initial[alarms.nodeid] == 0
+
+        alert = {"level": "CRITICAL", "type": "TEST", "source": "opcua_test", "details": "x"}
+        r = await http.post("/api/orchestrator/alert", json=alert)
+        assert r.status_code < 300, r.text
+        degraded = record(1, temperature_c=80, vibration_hz=3.5, maintenance_score=0.7)
+        r = await http.post("/api/pm/predict", json=degraded)
+        assert r.status_code == 200, r.text
+        probability = r.json()["result"]["failure_probability"]
+
+        seen = {}
+        while alarms.nodeid not in seen or worst.nodeid not in seen:
+            n, value, dv = await asyncio.wait_for(handler.queue.get(), 10)
+            seen[n.nodeid] = (value, dv)
+        assert seen[alarms.nodeid][0] >= 1
+        assert seen[worst.nodeid][0] == pytest.approx(100 * probability)
+        assert seen[worst.nodeid][1].SourceTimestamp is not None
+        await sub.delete()
+
+
+async def test_threshold_write_is_used_by_the_agent(settings: Settings) -> None:
+    s = opcua_settings(settings)
+    degraded = record(1, temperature_c=80, vibration_hz=3.5, maintenance_score=0.7)
+    async with running_app(s) as (c, http), Client(url(s)) as client:
+        before = (await http.post("/api/pm/predict", json=degraded)).json()
+        rul = before["result"]["rul_hours"]
+        assert rul + 4 < s.agents.pm.rul_caution_hours, "the record must sit below CAUTION"
+        assert before["level"] != "CRITICAL"
+        warning_h = float(int(rul) + 3)
+        critical_h = float(int(rul) + 2)
+
+        warning = await node(client, "PredictiveMaintenance", "RulWarningHours")
+        critical = await node(client, "PredictiveMaintenance", "RulCriticalHours")
+        await warning.write_value(ua.Variant(warning_h, ua.VariantType.Double))
+        await critical.write_value(ua.Variant(critical_h, ua.VariantType.Double))
+        assert await critical.read_value() == critical_h  # in force at once
+
+        status = (await http.get("/api/pm/status")).json()
+        assert status["settings"]["rul_critical_hours"] == critical_h
+        assert status["settings"]["rul_warning_hours"] == warning_h
+        after = (await http.post("/api/pm/predict", json=degraded)).json()
+        assert after["result"]["rul_hours"] == rul
+        assert after["level"] == "CRITICAL"
+
+        changes = (await http.get("/api/config/changes")).json()["changes"]
+        mine = [ch for ch in changes if ch["origin"] == "scada:opcua" and ch["accepted"]]
+        assert len(mine) == 2
+        assert c.scada.status()["servers"]["opcua"]["writes"] == {"accepted": 2, "refused": 0}
+
+
+async def test_bad_writes_are_refused_and_audited(settings: Settings) -> None:
+    s = opcua_settings(settings)
+    async with running_app(s) as (c, http), Client(url(s)) as client:
+        critical = await node(client, "PredictiveMaintenance", "RulCriticalHours")
+        alarms = await node(client, "SystemStatus", "ActiveAlarms")
+        cases = [
+            (critical, ua.Variant(-5.0, ua.VariantType.Double), ua.uaerrors.BadOutOfRange),
+            (critical, ua.Variant("abc", ua.VariantType.String), ua.uaerrors.BadTypeMismatch),
+            (critical, ua.Variant(True, ua.VariantType.Boolean), ua.uaerrors.BadTypeMismatch),
+            # In range for the point, but not below rul_warning_hours: the settings refuse.
+            (critical, ua.Variant(100.0, ua.VariantType.Double), ua.uaerrors.BadInvalidArgument),
+            (alarms, ua.Variant(5, ua.VariantType.Int32), ua.uaerrors.BadNotWritable),
+        ]
+        for n, variant, error in cases:
+            with pytest.raises(error):
+                await n.write_value(variant)
+        assert await critical.read_value() == s.agents.pm.rul_critical_hours
+        assert await alarms.read_value() == 0
+
+        changes = (await http.get("/api/config/changes")).json()["changes"]
+        refused = [ch for ch in changes if ch["origin"] == "scada:opcua" and not ch["accepted"]]
+        assert len(refused) == len(cases)
+        codes = sorted(ch["result"]["code"] for ch in refused if ch["result"].get("code"))
+        assert {"out_of_range", "wrong_type", "read_only"} <= set(codes)
+        assert any(ch["request"] == {"point": "system.alarms_active", "value": 5}
+                   for ch in refused)  # fmt: skip
+        status = (await http.get("/api/pm/status")).json()
+        assert status["settings"]["rul_critical_hours"] == s.agents.pm.rul_critical_hours
+        assert c.scada.status()["servers"]["opcua"]["writes"] == {"accepted": 0, "refused": 5}
+
+
+async def test_port_in_use_keeps_the_app_running(settings: Settings) -> None:
+    s = opcua_settings(settings)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", s.scada.opcua_port))
+        taken.listen()
+        async with running_app(s) as (c, http):
+            health = (await http.get("/health")).json()
+            assert health["status"] == "degraded"
+            problems = health["components"]["scada"]
+            assert len(problems) == 1 and problems[0].startswith("opcua: ")
+            assert str(s.scada.opcua_port) in problems[0]
+            status = c.scada.status()["servers"]["opcua"]
+            assert status["listening"] is False and status["error"]
+            # Everything else still works.
+            r = await http.post("/api/pm/predict", json=record(1))
+            assert r.status_code == 200, r.text
+
+
+async def test_basic256sha256_sign_and_encrypt(settings: Settings, tmp_path: Path) -> None:
+    s = opcua_settings(settings, opcua_security="Basic256Sha256")
+    cert_file = Path(s.data_dir) / "scada" / CERT_FILE
+    async with running_app(s) as (c, _http):
+        status = c.scada.status()["servers"]["opcua"]
+        assert status["listening"], status
+        assert cert_file.is_file() and (Path(s.data_dir) / "scada" / KEY_FILE).is_file()
+        first = cert_file.read_bytes()
+
+        # Only the encrypted endpoint is offered.
+        probe = Client(url(s))
+        endpoints = await probe.connect_and_get_server_endpoints()
+        assert {(e.SecurityPolicyUri, e.SecurityMode) for e in endpoints} == {
+            (SecurityPolicyBasic256Sha256.URI, ua.MessageSecurityMode.SignAndEncrypt)
+        }
+        # A plain client finds no endpoint to open a session on.
+        with pytest.raises(ua.UaError, match="No matching endpoints"):
+            async with Client(url(s), timeout=5) as plain:
+                await plain.nodes.objects.get_children()
+
+        # A client with its own certificate connects, reads and writes.
+        client_cert, client_key = await ensure_certificate(tmp_path / "client")
+        client = Client(url(s))
+        client.application_uri = "urn:6g-mas-factory.com:factory_mas"
+        await client.set_security(
+            SecurityPolicyBasic256Sha256,
+            str(client_cert),
+            str(client_key),
+            server_certificate=str(cert_file),
+            mode=ua.MessageSecurityMode.SignAndEncrypt,
+        )
+        async with client:
+            running = await node(client, "SystemStatus", "Running")
+            assert await running.read_value() is True
+            critical = await node(client, "PredictiveMaintenance", "RulCriticalHours")
+            await critical.write_value(ua.Variant(30.0, ua.VariantType.Double))
+            assert await critical.read_value() == 30.0
+
+    # The certificate is reused on the next start.
+    async with running_app(s) as (c, _http):
+        assert c.scada.status()["servers"]["opcua"]["listening"]
+        assert cert_file.read_bytes() == first
