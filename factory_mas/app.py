@@ -9,7 +9,6 @@ that fails to start unwinds the ones already started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -46,6 +45,7 @@ from .planner import Planner
 from .replay import CameraReplay, Replay
 from .settings import Settings
 from .store import Store
+from .tasks import cancel
 
 log = logging.getLogger(__name__)
 JOURNAL_PRUNE_S = 30.0
@@ -67,9 +67,7 @@ async def every(interval_s: float, job: Callable[[], Awaitable[Any]]) -> AsyncIt
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel(task)
 
 
 @dataclass

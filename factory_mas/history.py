@@ -16,7 +16,6 @@ range on the primary key: cheap, whatever the table size.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -34,6 +33,7 @@ from .errors import StoreError
 from .hub import Hub, Message, Overflow, Subscription, SubscriptionClosed
 from .messages import Prediction
 from .store import Store, predictions
+from .tasks import cancel
 from .times import epoch
 
 log = logging.getLogger(__name__)
@@ -266,9 +266,7 @@ class HistoryWriter:
 
     async def __aexit__(self, *exc: object) -> None:
         writer, pruner = self._tasks
-        pruner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pruner
+        await cancel(pruner)
         if self._sub is not None:
             self._sub.close()  # the write loop takes what is queued, flushes, and ends
         await writer

@@ -9,7 +9,6 @@ running server instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +20,7 @@ from .data.loader import read_batches
 from .data.synthetic import FactorySimulator
 from .errors import FactoryError
 from .settings import ReplaySettings
+from .tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,7 @@ class _Background:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _guarded(self) -> None:
         try:

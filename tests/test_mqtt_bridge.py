@@ -664,7 +664,7 @@ async def test_two_instances_in_a_shared_group_score_each_camera_frame_once(
 ):
     """Camera frames are ingest too: with a shared group, each frame must be scored by
     one instance, or every PPE violation becomes two alarms, two decisions, two texts."""
-    from factory_mas.bench import camera_frames
+    from factory_mas.bench.inference import camera_frames
 
     servers = await asyncio.gather(
         *(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -40,6 +39,7 @@ from ..levels import RANK, should_alert, worst
 from ..messages import RETURN_TO_NORMAL, Alert, Prediction, Rejection, TelemetryRecord
 from ..settings import LEVELS, AgentSettings, Level
 from ..store import Store
+from ..tasks import cancel
 from ..ws import WsClient, frame, stream
 
 log = logging.getLogger(__name__)
@@ -233,9 +233,7 @@ class BaseAgent(abc.ABC):
             await asyncio.wait_for(consume, _STOP_DRAIN_S)
         except TimeoutError:
             log.warning("%s: queue not drained within %.0f s", self.agent_id, _STOP_DRAIN_S)
-        checkpointer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await checkpointer
+        await cancel(checkpointer)
         self._tasks = []
         await self.save_checkpoint()
         self.status = "stopped"

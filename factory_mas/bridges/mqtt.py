@@ -45,6 +45,7 @@ from ..ingest import TELEMETRY_TOPIC, Intake
 from ..messages import Rejection
 from ..settings import MqttSettings
 from ..store import Store, mqtt_outbox
+from ..tasks import cancel_all
 from .connection import client_options, tls_context
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,7 @@ class MqttBridge:
         *collectors, connection = self._tasks or [None]
         if collectors:
             await asyncio.wait(collectors, timeout=5)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         del connection
         self._tasks = []
         self.connected = False

@@ -31,6 +31,7 @@ import msgspec
 from ..errors import FactoryError, SettingsError
 from ..ingest import TELEMETRY_TOPIC
 from ..settings import MqttSettings
+from ..tasks import cancel
 from .connection import client_options, tls_context
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,7 @@ class MqttPublisher:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await cancel(self._runner)
 
     async def publish(self, topic: str, payload: bytes, records: int = 1) -> None:
         """Hand a message over; returns once it is held here (not yet acknowledged)."""

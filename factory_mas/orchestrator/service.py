@@ -34,6 +34,7 @@ from ..planner import Planner
 from ..planner import logic as planning
 from ..settings import Settings
 from ..store import Store
+from ..tasks import cancel_all
 from ..ws import WsClient, broadcast, frame
 from . import logic, records
 from .logic import AlarmConflict, Change, Key
@@ -118,11 +119,7 @@ class Orchestrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._tasks[0]), _STOP_DRAIN_S)
         # Owed plans are not waited for: their flags are in the store for the next start.
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     async def _restore(self) -> None:

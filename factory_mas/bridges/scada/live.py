@@ -13,7 +13,6 @@ accepted or not, in the config audit trail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -28,6 +27,7 @@ from ...messages import Prediction
 from ...orchestrator.logic import AlarmConflict
 from ...orchestrator.service import AlarmNotFound
 from ...store import config_changes
+from ...tasks import cancel
 from .points import AGENTS, LEVEL_CODES, THREAT_CODES, Point
 
 if TYPE_CHECKING:
@@ -57,10 +57,7 @@ class LiveValues:
     async def __aexit__(self, *exc: object) -> None:
         if self._sub is not None:
             self._sub.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _follow(self) -> None:
         assert self._sub is not None

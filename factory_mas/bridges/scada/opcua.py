@@ -36,6 +36,7 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
 
+from ...tasks import cancel
 from .points import NAMESPACE, Point
 
 if TYPE_CHECKING:
@@ -160,11 +161,8 @@ class OpcUaServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self.server is not None and self.listening:
             try:
                 await self.server.stop()

@@ -9,7 +9,6 @@ the rest of the process keeps running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ...api import json_response
+from ...tasks import cancel
 from .live import LiveValues, Value, Writes
 from .points import Point, build_points, rows
 
@@ -89,10 +89,7 @@ class ScadaBridge:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         if self._stack is not None:
             await self._stack.aclose()
         self._stack = self._task = None
