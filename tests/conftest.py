@@ -168,6 +168,21 @@ def server_factory(tmp_path: Path) -> Iterator:
             s.stop(signal.SIGKILL)
 
 
+def with_scada(settings: Settings, **scada: object) -> Settings:
+    """SCADA on, loopback only, every protocol off unless named, refreshed quickly."""
+    defaults: dict[str, object] = {
+        "enabled": True,
+        "host": "127.0.0.1",
+        "opcua_enabled": False,
+        "modbus_enabled": False,
+        "dnp3_enabled": False,
+        "update_interval_s": 0.05,
+    }
+    return msgspec.structs.replace(
+        settings, scada=msgspec.structs.replace(settings.scada, **{**defaults, **scada})
+    )
+
+
 def wait_until(
     predicate, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "condition"
 ):

@@ -14,33 +14,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import msgspec
 import opendnp3 as o
 import pytest
 
 from factory_mas.bridges.scada.points import build_points
 from factory_mas.settings import Settings
 
-from .conftest import free_port, running_app
+from .conftest import free_port, running_app, with_scada
 
 OUTSTATION, MASTER = 10, 1
 
 
 def dnp3_only(settings: Settings, **overrides: object) -> Settings:
-    scada = msgspec.structs.replace(
-        settings.scada,
-        enabled=True,
-        host="127.0.0.1",
-        opcua_enabled=False,
-        modbus_enabled=False,
+    return with_scada(
+        settings,
         dnp3_enabled=True,
         dnp3_port=free_port(),
         dnp3_outstation_address=OUTSTATION,
         dnp3_master_address=MASTER,
-        update_interval_s=0.05,
         **overrides,
     )
-    return msgspec.structs.replace(settings, scada=scada)
 
 
 class Collector(o.ISOEHandler):

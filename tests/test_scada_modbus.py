@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse
@@ -22,25 +21,19 @@ from factory_mas.bridges.scada.modbus import decode, encode
 from factory_mas.bridges.scada.points import Point, build_points
 from factory_mas.settings import Settings
 
-from .conftest import free_port, record, running_app
+from .conftest import free_port, record, running_app, with_scada
 
 DEVICE = 3
 
 
 def modbus_settings(settings: Settings, float32: bool, port: int | None = None) -> Settings:
-    scada = msgspec.structs.replace(
-        settings.scada,
-        enabled=True,
-        host="127.0.0.1",
-        opcua_enabled=False,
-        dnp3_enabled=False,
+    return with_scada(
+        settings,
         modbus_enabled=True,
         modbus_port=port or free_port(),
         modbus_device_id=DEVICE,
         modbus_float32=float32,
-        update_interval_s=0.05,
     )
-    return msgspec.structs.replace(settings, scada=scada)
 
 
 @asynccontextmanager

@@ -7,7 +7,6 @@ import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import msgspec
 import pytest
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
@@ -16,26 +15,15 @@ from factory_mas.bridges.scada.opcua import CERT_FILE, KEY_FILE, ensure_certific
 from factory_mas.bridges.scada.points import NAMESPACE
 from factory_mas.settings import Settings
 
-from .conftest import free_port, record, running_app
+from .conftest import free_port, record, running_app, with_scada
 
 GROUPS = {"SystemStatus", "PredictiveMaintenance", "EnergyOptimization", "CyberSecurity",
           "WorkplaceSafety", "PPECompliance", "Machines"}  # fmt: skip
 
 
 def opcua_settings(settings: Settings, **scada: object) -> Settings:
-    """SCADA on with only OPC UA, on a free loopback port, refreshed quickly."""
-    s = msgspec.structs.replace(
-        settings.scada,
-        enabled=True,
-        host="127.0.0.1",
-        opcua_enabled=True,
-        opcua_port=free_port(),
-        modbus_enabled=False,
-        dnp3_enabled=False,
-        update_interval_s=0.1,
-        **scada,
-    )
-    return msgspec.structs.replace(settings, scada=s)
+    """SCADA on with only OPC UA, on a free loopback port."""
+    return with_scada(settings, opcua_enabled=True, opcua_port=free_port(), **scada)
 
 
 def url(settings: Settings) -> str:

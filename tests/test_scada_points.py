@@ -14,21 +14,12 @@ import pytest
 from factory_mas.bridges.scada.points import AGENTS, GROUPS, build_points
 from factory_mas.settings import Settings
 
-from .conftest import REPO, record, running_app
+from .conftest import REPO, record, running_app, with_scada
 
 
-def scada_only(settings: Settings, **overrides: object) -> Settings:
+def scada_only(settings: Settings) -> Settings:
     """SCADA on with no protocol servers: the table, values and writes alone."""
-    scada = msgspec.structs.replace(
-        settings.scada,
-        enabled=True,
-        opcua_enabled=False,
-        modbus_enabled=False,
-        dnp3_enabled=False,
-        update_interval_s=0.05,
-        **overrides,
-    )
-    return msgspec.structs.replace(settings, scada=scada)
+    return with_scada(settings)
 
 
 def test_the_table_is_complete_unique_and_stable(settings):
