@@ -178,3 +178,60 @@ class Decision(Struct, kw_only=True):
     notified: Notified | None = None
     id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
     timestamp: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+
+
+# -- backlog ---------------------------------------------------------------------------
+
+
+class MachineCount(Struct, kw_only=True):
+    machine_id: int
+    alarms: int
+    highest_level: Level
+
+
+class ShiftFacts(Struct, kw_only=True):
+    """What happened in one shift, computed from the store and the prediction stream:
+    the numbers a summary states. A language model may word them, never change them."""
+
+    shift_start: datetime
+    shift_end: datetime
+    # Alarms raised (or raised again) in the shift, by source, by highest level, by machine.
+    alarms_raised: int = 0
+    alarms_by_source: dict[str, int] = msgspec.field(default_factory=dict)
+    alarms_by_level: dict[str, int] = msgspec.field(default_factory=dict)
+    top_machines: list[MachineCount] = msgspec.field(default_factory=list)
+    # Of the alarms raised in the shift: still open at its end, and acknowledged.
+    alarms_open: int = 0
+    alarms_acknowledged: int = 0
+    alarms_unacknowledged: int = 0
+    # Decisions taken, by action; texts sent to the supervisor, by outbox status.
+    decisions: int = 0
+    decisions_by_action: dict[str, int] = msgspec.field(default_factory=dict)
+    sms_by_status: dict[str, int] = msgspec.field(default_factory=dict)
+    # Predictions scored in the shift, per agent and level.
+    predictions_by_agent: dict[str, int] = msgspec.field(default_factory=dict)
+    predictions_by_level: dict[str, int] = msgspec.field(default_factory=dict)
+    # PPE: share of camera frames judged compliant (None: no frames).
+    ppe_frames: int = 0
+    ppe_compliance_rate: float | None = None
+    # Energy: kWh drawn by all machines (from their readings), anomalous readings.
+    energy_kwh: float = 0.0
+    energy_anomalies: int = 0
+    # The hardest alarms of the shift, worst first: "safety_agent FIRE_RISK on machine 7
+    # (EMERGENCY, 3 times)".
+    top_issues: list[str] = msgspec.field(default_factory=list)
+
+
+class ShiftSummary(Struct, kw_only=True):
+    shift_start: datetime
+    shift_end: datetime
+    facts: ShiftFacts
+    narrative: str
+    recommendations: list[str]
+    # "gemini:<model>" or "offline"; for offline, why (no key, or the error).
+    generator: str
+    generated_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+    # True for an on-demand summary of a shift still in progress.
+    partial: bool = False
+    note: str = ""
+    id: int = 0

@@ -344,6 +344,42 @@ class ScadaSettings(_Section):
     update_interval_s: Annotated[float, Meta(ge=0.05, le=10)] = 0.5
 
 
+class BacklogSettings(_Section):
+    # Shift changes, local time in `timezone`; each shift runs to the next one.
+    shift_starts: list[Annotated[str, Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]] = field(
+        default_factory=lambda: ["06:00", "14:00", "22:00"]
+    )
+    timezone: str = "UTC"
+    # Gemini writes the narrative (env GEMINI_API_KEY); without a key, or when it fails,
+    # an offline summary is written from the same facts.
+    gemini_api_key: str = ""
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str = ""  # empty = Google's API; tests point it at a stand-in
+    gemini_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 30.0
+    gemini_retries: Annotated[int, Meta(ge=0, le=10)] = 2
+    gemini_max_output_tokens: Annotated[int, Meta(ge=64, le=65536)] = 2048
+    # POST /api/backlog/generate at most once per this many seconds.
+    generate_min_interval_s: Annotated[float, Meta(ge=0)] = 60.0
+    # Shifts that ended while factory_mas was down are summarised when it returns, up
+    # to this far back.
+    catch_up_days: Annotated[float, Meta(ge=0, le=365)] = 7.0
+
+    def __post_init__(self) -> None:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone {self.timezone!r} is not a known time zone (e.g. Europe/Berlin)"
+            ) from None
+        if not self.shift_starts:
+            raise ValueError('shift_starts needs at least one time, e.g. ["06:00"]')
+        if len(set(self.shift_starts)) != len(self.shift_starts):
+            raise ValueError(f"shift_starts has a time twice: {self.shift_starts}")
+        _check_url(self.gemini_base_url, "gemini_base_url")
+
+
 class HistorySettings(_Section):
     # Predictions kept in the store beyond the agents' in-memory rings, like a process
     # historian: every change of level, and otherwise one per machine (or camera) and
@@ -562,6 +598,7 @@ class Settings(_Section):
     agents: AgentsSettings = field(default_factory=AgentsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     scada: ScadaSettings = field(default_factory=ScadaSettings)
+    backlog: BacklogSettings = field(default_factory=BacklogSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     orchestrator: OrchestratorSettings = field(default_factory=OrchestratorSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
@@ -588,6 +625,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "MQTT_USERNAME": ("mqtt", "username"),
     "MQTT_PASSWORD": ("mqtt", "password"),
     "PLANNER_URL": ("planner", "url"),
+    "GEMINI_API_KEY": ("backlog", "gemini_api_key"),
     "TWILIO_ACCOUNT_SID": ("notify", "twilio_account_sid"),
     "TWILIO_AUTH_TOKEN": ("notify", "twilio_auth_token"),
     "TWILIO_FROM_NUMBER": ("notify", "twilio_from_number"),

@@ -201,6 +201,30 @@ config_changes = sa.Table(
 )
 
 
+# -- v5: shift summaries --------------------------------------------------------------
+
+shift_summaries = sa.Table(
+    "shift_summaries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("shift_start", sa.Float, nullable=False),
+    sa.Column("shift_end", sa.Float, nullable=False),
+    # An on-demand summary of a shift in progress is kept too, but only one final one.
+    sa.Column("partial", sa.Boolean, nullable=False),
+    sa.Column("generated_at", sa.Float, nullable=False),
+    sa.Column("generator", sa.String(200), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+sa.Index(
+    "shift_summaries_final",
+    shift_summaries.c.shift_start,
+    unique=True,
+    sqlite_where=~shift_summaries.c.partial,
+    postgresql_where=~shift_summaries.c.partial,
+)
+
+
 def _v1(conn: Connection) -> None:
     schema_version.create(conn)
     checkpoints.create(conn)
@@ -220,7 +244,11 @@ def _v4(conn: Connection) -> None:
     config_changes.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    shift_summaries.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 def put_checkpoint(conn: Connection, name: str, data: bytes) -> None:

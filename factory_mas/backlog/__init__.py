@@ -1,0 +1,1 @@
+"""The backlog agent: a written summary of every shift, from computed facts."""
