@@ -377,12 +377,12 @@ class Dnp3Server:
 
     async def _stop(self) -> None:
         loop, thread = self._loop, self._thread
-        if loop is not None and not loop.is_closed() and self._runner is not None:
-            stop = self._runner.stop()
-            try:
-                asyncio.run_coroutine_threadsafe(stop, loop)
-            except RuntimeError:  # its loop closed meanwhile
-                stop.close()
+        runner = self._runner
+        if loop is not None and runner is not None:
+            # The stop coroutine is made inside the outstation's loop: if that loop has
+            # ended meanwhile (a failed start), nothing is left un-awaited.
+            with contextlib.suppress(RuntimeError):  # its loop closed already
+                loop.call_soon_threadsafe(lambda: loop.create_task(runner.stop()))
         if thread is not None:
             await asyncio.to_thread(thread.join, STOP_TIMEOUT_S)
             if thread.is_alive() and loop is not None and self._task is not None:
