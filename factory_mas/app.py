@@ -30,6 +30,7 @@ from . import __version__
 from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
 from .api import EXCEPTION_HANDLERS, json_response
+from .backlog.service import BacklogAgent
 from .bridges.mqtt import MqttBridge
 from .bridges.scada.service import ScadaBridge
 from .configure import Configurator
@@ -86,6 +87,7 @@ class Components:
     history: HistoryWriter
     mqtt: MqttBridge
     configurator: Configurator
+    backlog: BacklogAgent
     # Built once the rest exists: its values come from all of them.
     scada: ScadaBridge = field(init=False)
     started_at: float = field(default_factory=time.time)
@@ -160,6 +162,7 @@ class Components:
             "config": self.configurator.stats(),
             "planner": self.planner.stats(),
             "notify": self.notifier.stats(),
+            "backlog": self.backlog.status(),
             "hub": self.hub.stats(),
         }
 
@@ -218,6 +221,7 @@ def build_components(settings: Settings) -> Components:
         history,
         MqttBridge(settings.mqtt, hub, store, intake, settings.server.port),
         Configurator(agents, hub, store),
+        BacklogAgent(settings.backlog, hub, store),
     )
     components.scada = ScadaBridge(components)
     return components
@@ -243,6 +247,8 @@ def build_app(settings: Settings) -> Starlette:
             # listening, and before the agents, so run-time settings saved from SCADA, MQTT
             # or REST are in force for their first records (journal catch-up included).
             await stack.enter_async_context(c.configurator)
+            # Before the agents, so its tally of the shift misses none of their predictions.
+            await stack.enter_async_context(c.backlog)
             # Also before the agents: telemetry it takes early is journaled and scored when
             # they start, and their last alerts on the way out still reach its outbox.
             await stack.enter_async_context(c.mqtt)
@@ -292,6 +298,7 @@ def build_app(settings: Settings) -> Starlette:
         Mount("/api/orchestrator", routes=orchestrator_routes.routes()),
         Mount("/api/planner", routes=c.planner.routes()),
         Mount("/api/notify", routes=c.notifier.routes()),
+        Mount("/api/backlog", routes=c.backlog.routes()),
         *(Mount(f"/api/{a.slug}", routes=a.routes()) for a in c.agents),
     ]
     middleware = []
