@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..api import ApiError, json_response, query_int
 from ..errors import StoreError
-from ..hub import Hub, Subscription, SubscriptionClosed
+from ..hub import Hub, Subscription
 from ..messages import Prediction, ShiftSummary
 from ..settings import BacklogSettings
 from ..store import Store, put_checkpoint, shift_summaries
@@ -187,11 +187,8 @@ class BacklogAgent:
 
     async def _follow(self) -> None:
         assert self._sub is not None
-        while True:
-            try:
-                message = await self._sub.get()
-            except SubscriptionClosed:
-                return
+        # Ends when the subscription is closed and what it holds is taken.
+        async for message in self._sub:
             start = self._current_shift()[0].timestamp()
             tally = self.tallies.for_shift(start)
             for p in message.payload if isinstance(message.payload, list) else [message.payload]:

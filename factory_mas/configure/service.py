@@ -26,7 +26,7 @@ from starlette.routing import Route
 from ..agents.base import BaseAgent
 from ..api import ApiError, error_response, json_response, query_int, query_time, read_body
 from ..errors import StoreError
-from ..hub import Hub, Subscription, SubscriptionClosed
+from ..hub import Hub, Subscription
 from ..settings import AgentSettings
 from ..store import Store
 from . import records
@@ -101,11 +101,8 @@ class Configurator:
 
     async def _consume(self) -> None:
         assert self._sub is not None
-        while True:
-            try:
-                message = await self._sub.get()
-            except SubscriptionClosed:
-                return
+        # Ends when the subscription is closed and what it holds is taken.
+        async for message in self._sub:
             target = message.topic.split("/", 1)[1]
             try:
                 result = await self.submit(target, message.payload, message.origin or "hub")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ...hub import Overflow, Subscription, SubscriptionClosed
+from ...hub import Overflow, Subscription
 from ...levels import RANK
 from ...messages import Prediction
 from ...orchestrator.logic import AlarmConflict
@@ -61,11 +61,8 @@ class LiveValues:
 
     async def _follow(self) -> None:
         assert self._sub is not None
-        while True:
-            try:
-                message = await self._sub.get()
-            except SubscriptionClosed:
-                return
+        # Ends when the subscription is closed and what it holds is taken.
+        async for message in self._sub:
             items = message.payload if isinstance(message.payload, list) else [message.payload]
             for p in items:
                 if isinstance(p, Prediction) and p.agent_id in self.latest:
