@@ -342,6 +342,22 @@ class ScadaSettings(_Section):
         default_factory=lambda: [1, 2, 3, 4, 5]
     )
     update_interval_s: Annotated[float, Meta(ge=0.05, le=10)] = 0.5
+    # Writes from control systems (settings, enable, acknowledge); false = read-only.
+    writes_enabled: bool = True
+    # Client addresses (IPs or networks, e.g. 10.0.0.0/8) allowed to talk Modbus or DNP3;
+    # empty = any. OPC UA has its own security policy.
+    allowed_clients: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        for entry in self.allowed_clients:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"allowed_clients: {entry!r} is not an IP address or network"
+                ) from None
 
 
 class BacklogSettings(_Section):
@@ -378,6 +394,24 @@ class BacklogSettings(_Section):
         if len(set(self.shift_starts)) != len(self.shift_starts):
             raise ValueError(f"shift_starts has a time twice: {self.shift_starts}")
         _check_url(self.gemini_base_url, "gemini_base_url")
+
+
+class AuthSettings(_Section):
+    # API keys with roles viewer < operator < admin (`python -m factory_mas keys`). With
+    # no key at all, the first start makes an admin key, prints it once, keeps its hash.
+    enabled: bool = True
+    # Read routes (GET, and WebSocket streams) open to anyone: a wall-mounted dashboard.
+    public_read: bool = False
+
+
+class LimitsSettings(_Section):
+    # Token buckets per API key and per client address: this many requests a second,
+    # bursts up to `burst`; beyond it, 429 with Retry-After.
+    requests_per_s: PositiveFloat = 50.0
+    burst: PositiveInt = 200
+    # JSON bodies: nesting deeper than this or more items than this are refused (400).
+    json_max_depth: Annotated[int, Meta(ge=2, le=1000)] = 32
+    json_max_items: Annotated[int, Meta(ge=10, le=10_000_000)] = 100_000
 
 
 class HistorySettings(_Section):
@@ -599,6 +633,8 @@ class Settings(_Section):
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     scada: ScadaSettings = field(default_factory=ScadaSettings)
     backlog: BacklogSettings = field(default_factory=BacklogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     orchestrator: OrchestratorSettings = field(default_factory=OrchestratorSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)

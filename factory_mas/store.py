@@ -225,6 +225,26 @@ sa.Index(
 )
 
 
+# -- v6: API keys ------------------------------------------------------------------------
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    # SHA-256 of the key: keys are long random tokens, so a plain hash is enough, and the
+    # key itself is never stored. `prefix` (the first characters) identifies it in lists.
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Column("last_used_at", sa.Float),
+    sqlite_autoincrement=True,
+)
+
+
 def _v1(conn: Connection) -> None:
     schema_version.create(conn)
     checkpoints.create(conn)
@@ -248,7 +268,11 @@ def _v5(conn: Connection) -> None:
     shift_summaries.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: Connection) -> None:
+    api_keys.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 def put_checkpoint(conn: Connection, name: str, data: bytes) -> None:

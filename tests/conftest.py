@@ -64,6 +64,8 @@ def settings(tmp_path: Path) -> Settings:
             "FACTORY_AGENTS_PM_CHECKPOINT_INTERVAL_S": "0.1",
             # SCADA servers bind fixed ports; the tests that want them ask with free ones.
             "FACTORY_SCADA_ENABLED": "false",
+            # API keys are tested on their own; other tests talk to an open server.
+            "FACTORY_AUTH_ENABLED": "false",
         },
     )
 
@@ -104,6 +106,7 @@ class Server:
             "FACTORY_DATA_DIR": str(data_dir),
             "FACTORY_REPLAY_ENABLED": "false",
             "FACTORY_SCADA_ENABLED": "false",
+            "FACTORY_AUTH_ENABLED": "false",
             "LOG_LEVEL": "warning",
             **(env or {}),
         }
