@@ -1,4 +1,4 @@
-"""Command line: `python -m factory_mas [serve|train|replay]` (serve is the default)."""
+"""Command line: `python -m factory_mas [serve|train|replay|keys|...]` (serve is the default)."""
 
 from __future__ import annotations
 
@@ -312,6 +312,62 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from .auth import keys
+    from .auth.keys import iso
+    from .store import Store
+
+    try:
+        who = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        who = "cli"
+
+    async def run() -> int:
+        async with Store.in_data_dir(settings.data_dir) as store:
+            if args.keys_command == "add":
+                key_id, key = await store.write(keys.add, args.name, args.role, who, "cli")
+                print(f"key {key_id} {args.name!r} ({args.role}); shown once, store it now:")
+                print(key)
+            elif args.keys_command == "list":
+                rows = await store.read(keys.list_keys, not args.active)
+                if args.json:
+                    print(msgspec.json.encode(rows).decode())
+                    return 0
+                header = ("id", "name", "role", "prefix", "created", "last used", "revoked")
+                table = [
+                    (
+                        str(r["id"]),
+                        r["name"],
+                        r["role"],
+                        r["prefix"] + "...",
+                        _when(iso(r["created_at"])),
+                        _when(iso(r["last_used_at"])) or "never",
+                        _when(iso(r["revoked_at"])) or "-",
+                    )
+                    for r in rows
+                ]
+                widths = [max(len(row[i]) for row in (header, *table)) for i in range(7)]
+                for row in (header, *table):
+                    cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                    print("  ".join(cells).rstrip())
+            else:
+                row = await store.write(keys.revoke, args.key, who, "cli")
+                print(
+                    f"key {row['id']} {row['name']!r} ({row['role']}, {row['prefix']}...) "
+                    f"revoked at {_when(iso(row['revoked_at']))}; a running server stops "
+                    "taking it within 30 s"
+                )
+        return 0
+
+    return asyncio.run(run())
+
+
+def _when(text: str | None) -> str:
+    return "" if text is None else text[:19].replace("T", " ") + "Z"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="factory_mas", description="Smart-factory multi-agent backend")
     p.add_argument("--version", action="version", version=__version__)
@@ -389,6 +445,18 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="short runs, under a minute")
     bench.add_argument("--json", help="also write the figures to this JSON file")
+    keys = sub.add_parser(
+        "keys", help="API keys: add, list, revoke (roles viewer < operator < admin)"
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    add = keys_sub.add_parser("add", help="make a key; it is printed once, only its hash is kept")
+    add.add_argument("name", help="who or what uses it (recorded as the actor of its changes)")
+    add.add_argument("--role", choices=("viewer", "operator", "admin"), default="viewer")
+    listing = keys_sub.add_parser("list", help="every key: id, name, role, prefix, use, revoked")
+    listing.add_argument("--active", action="store_true", help="leave revoked keys out")
+    listing.add_argument("--json", action="store_true", help="as JSON")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix (fmk_...)")
+    revoke.add_argument("key", metavar="ID_OR_PREFIX")
     return p
 
 
@@ -399,6 +467,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "convert": cmd_convert,
     "points": cmd_points,
+    "keys": cmd_keys,
 }
 
 

@@ -30,6 +30,8 @@ from . import __version__
 from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
 from .api import EXCEPTION_HANDLERS, json_response
+from .auth import AuthMiddleware, ensure_first_key
+from .auth.routes import AuthRoutes
 from .backlog.service import BacklogAgent
 from .bridges.mqtt import MqttBridge
 from .bridges.scada.service import ScadaBridge
@@ -234,6 +236,8 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(c.store)
+            # No key at all: make the first admin key and show it once (see README).
+            await ensure_first_key(c.store, settings)
             stack.callback(c.hub.close)
             await stack.enter_async_context(c.notifier)
             await stack.enter_async_context(c.planner)
@@ -294,6 +298,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/system-state", orchestrator_routes.system_state),
         *c.intake.routes(),
         *c.configurator.routes(),
+        *AuthRoutes(c.store).routes(),
         *c.scada.routes(),
         Mount("/api/orchestrator", routes=orchestrator_routes.routes()),
         Mount("/api/planner", routes=c.planner.routes()),
@@ -311,6 +316,9 @@ def build_app(settings: Settings) -> Starlette:
                 allow_headers=["Authorization", "Content-Type", "X-API-Key"],
             )
         )
+    # After CORS, so it is inside it: preflights are answered and 401/403 carry CORS
+    # headers. It passes everything through when auth is off.
+    middleware.append(Middleware(AuthMiddleware, store=c.store, settings=settings))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

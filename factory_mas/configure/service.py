@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from ..agents.base import BaseAgent
 from ..api import ApiError, error_response, json_response, query_int, query_time, read_body
+from ..auth.keys import actor
 from ..errors import StoreError
 from ..hub import Hub, Subscription
 from ..settings import AgentSettings
@@ -112,12 +113,15 @@ class Configurator:
                 self.counters["errors"] += 1
                 log.exception("config: request on %s not handled", message.topic)
 
-    async def submit(self, target: str, payload: Any, origin: str) -> ConfigResult:
+    async def submit(
+        self, target: str, payload: Any, origin: str, actor: str | None = None
+    ) -> ConfigResult:
         """Validate, apply, persist and audit one request; returns the answer (the caller
         publishes it). `payload` is JSON bytes/str or the decoded object."""
         async with self._lock:
             received = decode(payload)
-            by = received.by or origin
+            # An API key's name, when there is one, wins over what the body claims.
+            by = actor or received.by or origin
             result = ConfigResult(
                 target=target,
                 accepted=False,
@@ -288,7 +292,7 @@ class Configurator:
                 )
             return json_response({"agent_id": agent_id, **self.snapshot()[agent_id]})
         body = await read_body(request, REQUEST_MAX_BYTES)
-        result = await self.submit(agent_id, body, "http")
+        result = await self.submit(agent_id, body, "http", actor(request.scope))
         if agent_id in self.agents:
             await self.hub.publish(result_topic(agent_id), result, origin="configurator")
         if result.accepted:
@@ -297,14 +301,6 @@ class Configurator:
         return error_response(
             status, result.code or "rejected", result.error or "", field=result.field, result=result
         )
-
-
-_STATUS = {
-    "invalid_json": 400,
-    "unknown_target": 404,
-    "restart_required": 409,
-    "store_unavailable": 503,
-}
 
 
 _STATUS = {

@@ -19,6 +19,7 @@ from ..api import (
     read_alerts,
     read_struct,
 )
+from ..auth.keys import actor
 from ..messages import ALARM_STATES, Alarm
 from ..settings import LEVELS
 from ..ws import WsClient, frame, stream
@@ -32,25 +33,26 @@ Who = Annotated[str, Meta(min_length=1, max_length=200)]
 Note = Annotated[str, Meta(max_length=2000)]
 
 
-# Who did it is required: every change to an alarm goes into its audit trail.
+# Who did it goes into the alarm's audit trail: the API key's name when keys are on,
+# else the body's "by", which is then required.
 class AckBody(Struct, forbid_unknown_fields=True):
-    by: Who
+    by: Who | None = None
     note: Note = ""
 
 
 class ShelveBody(Struct, forbid_unknown_fields=True):
-    by: Who
+    by: Who | None = None
     # None: the configured default; never longer than max_shelve_s.
     duration_s: Annotated[float, Meta(gt=0)] | None = None
     reason: Note = ""
 
 
 class UnshelveBody(Struct, forbid_unknown_fields=True):
-    by: Who
+    by: Who | None = None
 
 
-class CommentBody(Struct, forbid_unknown_fields=True):
-    by: Who
+class CommentBody(Struct, forbid_unknown_fields=True, kw_only=True):
+    by: Who | None = None
     text: Annotated[str, Meta(min_length=1, max_length=2000)]
 
 
@@ -118,18 +120,18 @@ class OrchestratorRoutes:
         try:
             if action == "ack":
                 ack = await read_struct(request, size, AckBody, "invalid_request")
-                alarm = await self.o.ack(alarm_id, ack.by, ack.note)
+                alarm = await self.o.ack(alarm_id, _who(request, ack.by), ack.note)
             elif action == "shelve":
                 body = await read_struct(request, size, ShelveBody, "invalid_request")
                 alarm = await self.o.shelve(
-                    alarm_id, body.by, self._shelve_duration(body), body.reason
+                    alarm_id, _who(request, body.by), self._shelve_duration(body), body.reason
                 )
             elif action == "unshelve":
                 who = await read_struct(request, size, UnshelveBody, "invalid_request")
-                alarm = await self.o.unshelve(alarm_id, who.by)
+                alarm = await self.o.unshelve(alarm_id, _who(request, who.by))
             elif action == "comment":
                 note = await read_struct(request, size, CommentBody, "invalid_request")
-                alarm = await self.o.comment(alarm_id, note.by, note.text)
+                alarm = await self.o.comment(alarm_id, _who(request, note.by), note.text)
             else:
                 raise ApiError(
                     404,
@@ -172,6 +174,18 @@ class OrchestratorRoutes:
     def _require_running(self) -> None:
         if not self.o.running:
             raise ApiError(503, "unavailable", "the orchestrator is not running")
+
+
+def _who(request: Request, claimed: str | None) -> str:
+    who = actor(request.scope, claimed)
+    if not who:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "by: required field is missing (say who you are, or send an API key)",
+            field="by",
+        )
+    return who
 
 
 def _alarm_id(request: Request) -> int:
