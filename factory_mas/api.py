@@ -55,17 +55,73 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
+# Shape limits for JSON bodies (limits.json_max_depth / json_max_items); the app sets them
+# from its settings when it is built, these are the settings' defaults.
+JSON_MAX_DEPTH = 32
+JSON_MAX_ITEMS = 100_000
+
+
+def configure_json_limits(max_depth: int, max_items: int) -> None:
+    """Set the nesting depth and value count `read_json` accepts (from LimitsSettings)."""
+    global JSON_MAX_DEPTH, JSON_MAX_ITEMS
+    JSON_MAX_DEPTH, JSON_MAX_ITEMS = max_depth, max_items
+
+
+def check_json_shape(value: Any, max_depth: int, max_items: int) -> None:
+    """ApiError 400 when decoded JSON nests arrays/objects deeper than `max_depth` or holds
+    more than `max_items` values in all (containers and scalars, keys not counted).
+
+    Iterative, and a container's length is counted before its children are looked at, so
+    a huge flat array is refused without walking it."""
+    if not isinstance(value, dict | list):
+        return
+    count = 1
+    stack: list[tuple[dict | list, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise ApiError(
+                400, "too_deep", f"JSON nests deeper than the limit of {max_depth} levels"
+            )
+        count += len(node)
+        if count > max_items:
+            raise ApiError(
+                400, "too_large", f"JSON holds more than the limit of {max_items} values"
+            )
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+
+
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body decoded as JSON, or ApiError 413/400 saying what was wrong."""
+    """The request body decoded as JSON, or ApiError 413/400 saying what was wrong:
+    too large (413), not JSON (NaN and Infinity are not JSON either), nested deeper than
+    JSON_MAX_DEPTH or holding more than JSON_MAX_ITEMS values (400)."""
     # The content type is not checked: `curl -d` labels JSON as a form, and refusing it
     # would only teach people to ignore our errors. The body must parse as JSON, that's all.
     body = await read_body(request, max_bytes)
     if not body.strip():
         raise ApiError(400, "empty_body", "the request body is empty; send JSON")
+    return decode_json(body)
+
+
+def decode_json(body: bytes | str) -> Any:
+    """JSON from an untrusted source, or ApiError 400 ("invalid_json", "too_deep",
+    "too_large"): whatever the bytes, never any other exception."""
     try:
-        return msgspec.json.decode(body)
+        value = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    except msgspec.ValidationError as exc:  # e.g. 1e999: no float holds it
+        raise ApiError(400, "invalid_json", f"body is not usable JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # bytes that are not UTF-8 inside a string
+        raise ApiError(400, "invalid_json", f"body is not valid UTF-8: {exc.reason}") from None
+    except RecursionError:  # nested past what the decoder itself can follow
+        raise ApiError(
+            400, "too_deep", f"JSON nests deeper than the limit of {JSON_MAX_DEPTH} levels"
+        ) from None
+    check_json_shape(value, JSON_MAX_DEPTH, JSON_MAX_ITEMS)
+    return value
 
 
 def rejected_response(rejections: list[Rejection], single: bool, **extra: Any) -> Response:

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from . import __version__
 from .agents import build_agents
 from .agents.base import AgentContext, BaseAgent
-from .api import EXCEPTION_HANDLERS, json_response
+from .api import EXCEPTION_HANDLERS, configure_json_limits, json_response
 from .auth import AuthMiddleware, ensure_first_key
 from .auth.routes import AuthRoutes
 from .backlog.service import BacklogAgent
@@ -41,6 +41,7 @@ from .history import HistoryWriter
 from .hub import Hub
 from .inference import Inference
 from .ingest import Intake
+from .limits import RateLimitMiddleware, SecurityHeadersMiddleware
 from .notify import Notifier
 from .orchestrator.routes import OrchestratorRoutes
 from .orchestrator.service import Orchestrator
@@ -306,7 +307,13 @@ def build_app(settings: Settings) -> Starlette:
         Mount("/api/backlog", routes=c.backlog.routes()),
         *(Mount(f"/api/{a.slug}", routes=a.routes()) for a in c.agents),
     ]
-    middleware = []
+    configure_json_limits(settings.limits.json_max_depth, settings.limits.json_max_items)
+    # Outermost first: security headers on every answer (429s included), then the rate
+    # limit (a brute-forced key gets 429 before auth sees it), then CORS, then auth.
+    middleware = [
+        Middleware(SecurityHeadersMiddleware),
+        Middleware(RateLimitMiddleware, settings=settings.limits),
+    ]
     if settings.server.cors_origins:
         middleware.append(
             Middleware(

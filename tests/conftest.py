@@ -27,6 +27,18 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
 
 
+# What every test server runs with unless the test is about it: no replay, no SCADA
+# servers on fixed ports (tests that want them ask with free ones), no API keys (tested on
+# their own), and rate limits no test run reaches (tested on their own).
+TEST_ENV = {
+    "FACTORY_REPLAY_ENABLED": "false",
+    "FACTORY_SCADA_ENABLED": "false",
+    "FACTORY_AUTH_ENABLED": "false",
+    "FACTORY_LIMITS_REQUESTS_PER_S": "100000",
+    "FACTORY_LIMITS_BURST": "1000000",
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,12 +72,8 @@ def settings(tmp_path: Path) -> Settings:
         path=REPO / "settings.toml",
         env={
             "FACTORY_DATA_DIR": str(tmp_path / "data"),
-            "FACTORY_REPLAY_ENABLED": "false",
             "FACTORY_AGENTS_PM_CHECKPOINT_INTERVAL_S": "0.1",
-            # SCADA servers bind fixed ports; the tests that want them ask with free ones.
-            "FACTORY_SCADA_ENABLED": "false",
-            # API keys are tested on their own; other tests talk to an open server.
-            "FACTORY_AUTH_ENABLED": "false",
+            **TEST_ENV,
         },
     )
 
@@ -104,9 +112,7 @@ class Server:
             "PORT": str(self.port),
             "FACTORY_SERVER_HOST": "127.0.0.1",
             "FACTORY_DATA_DIR": str(data_dir),
-            "FACTORY_REPLAY_ENABLED": "false",
-            "FACTORY_SCADA_ENABLED": "false",
-            "FACTORY_AUTH_ENABLED": "false",
+            **TEST_ENV,
             "LOG_LEVEL": "warning",
             **(env or {}),
         }

@@ -272,7 +272,8 @@ def test_serving_never_imports_tensorflow(tmp_path):
         from factory_mas.settings import load_settings
 
         settings = load_settings(path=sys.argv[1], env={
-            "FACTORY_DATA_DIR": sys.argv[2], "FACTORY_REPLAY_ENABLED": "false"})
+            "FACTORY_DATA_DIR": sys.argv[2], "FACTORY_REPLAY_ENABLED": "false",
+            "FACTORY_SCADA_ENABLED": "false", "FACTORY_AUTH_ENABLED": "false"})
         body = json.loads(sys.argv[3])
 
         async def main():

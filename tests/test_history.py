@@ -25,7 +25,7 @@ from factory_mas.settings import Settings, load_settings
 from factory_mas.store import Store
 from factory_mas.times import parse_instant
 
-from .conftest import REPO, record, running_app
+from .conftest import REPO, TEST_ENV, record, running_app
 
 TIMEOUT_S = 15.0  # hang guard only
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -329,7 +329,7 @@ def small_ring(tmp_path: Path) -> Settings:
         path=REPO / "settings.toml",
         env={
             "FACTORY_DATA_DIR": str(tmp_path / "data"),
-            "FACTORY_REPLAY_ENABLED": "false",
+            **TEST_ENV,
             "FACTORY_AGENTS_PM_HISTORY_SIZE": "10",
         },
     )

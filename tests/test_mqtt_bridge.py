@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from factory_mas.hub import matches
 from factory_mas.settings import Settings, load_settings
 
-from .conftest import REPO, free_port, record, running_app
+from .conftest import REPO, TEST_ENV, free_port, record, running_app
 from .mqtt_broker import INSTALL_HINT, Broker, mosquitto_path
 
 # Hang guard only.
@@ -114,7 +114,7 @@ def bridge_settings(tmp_path: Path, port: int, client_id: str, **env: str) -> Se
         path=REPO / "settings.toml",
         env={
             "FACTORY_DATA_DIR": str(tmp_path / "data"),
-            "FACTORY_REPLAY_ENABLED": "false",
+            **TEST_ENV,
             "MQTT_BROKER": "127.0.0.1",
             "MQTT_PORT": str(port),
             "FACTORY_MQTT_CLIENT_ID": client_id,

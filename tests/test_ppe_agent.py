@@ -30,7 +30,7 @@ from factory_mas.errors import ArtifactError
 from factory_mas.inference import LiteRtModel
 from factory_mas.settings import Settings, load_settings
 
-from .conftest import ARTIFACTS, REPO, running_app
+from .conftest import ARTIFACTS, REPO, TEST_ENV, running_app
 from .test_agent_contract import collect, drain
 
 PPE = "/api/ppe"
@@ -70,7 +70,7 @@ def ppe_settings(tmp_path: Path, ppe_toml: str = "", **env: str) -> Settings:
         path,
         env={
             "FACTORY_DATA_DIR": str(tmp_path / "data"),
-            "FACTORY_REPLAY_ENABLED": "false",
+            **TEST_ENV,
             **env,
         },
     )
@@ -475,7 +475,8 @@ def test_serving_does_not_import_tensorflow(tmp_path: Path) -> None:
         from factory_mas.settings import load_settings
 
         async def main():
-            env = {"FACTORY_DATA_DIR": sys.argv[2], "FACTORY_REPLAY_ENABLED": "false"}
+            env = {"FACTORY_DATA_DIR": sys.argv[2], "FACTORY_REPLAY_ENABLED": "false",
+                   "FACTORY_SCADA_ENABLED": "false", "FACTORY_AUTH_ENABLED": "false"}
             app = build_app(load_settings(sys.argv[1], env=env))
             async with app.router.lifespan_context(app):
                 transport = httpx.ASGITransport(app=app)

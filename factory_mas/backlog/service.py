@@ -322,8 +322,8 @@ class BacklogAgent:
         name: str = request.path_params["name"]
         as_markdown = name.endswith(".md")
         number = name.removesuffix(".md")
-        if not number.isdigit():
-            raise ApiError(404, "not_found", f"no summary {name!r}: ids are integers")
+        if not number.isdigit() or len(number) > 18:
+            raise ApiError(404, "not_found", f"no summary {name[:40]!r}: ids are integers")
         summary = await self.store.read(_get, int(number))
         if summary is None:
             raise ApiError(404, "not_found", f"no summary with id {number}")

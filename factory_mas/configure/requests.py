@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta, Struct
 from msgspec import inspect as mi
 
+from ..api import ApiError, decode_json
 from ..settings import AgentSettings, describe
 
 REQUEST_MAX_BYTES = 65_536  # a settings change is a few hundred bytes
@@ -197,9 +198,9 @@ def decode(payload: Any) -> Received:
     if not data.strip():
         return Received(raw=text, refused=Refused("invalid_json", 'empty; send {"set": {...}}'))
     try:
-        return Received(request=msgspec.json.decode(data))
-    except msgspec.DecodeError as exc:
-        return Received(raw=text, refused=Refused("invalid_json", f"not valid JSON: {exc}"))
+        return Received(request=decode_json(data))
+    except ApiError as exc:  # not JSON, too deep, too big: whatever the bytes
+        return Received(raw=text, refused=Refused(exc.code, exc.detail))
 
 
 def parse(received: Received) -> ConfigRequest:
@@ -221,11 +222,17 @@ def parse(received: Received) -> ConfigRequest:
             stray[0],
         )
     try:
-        return msgspec.convert(raw, ConfigRequest)
+        request = msgspec.convert(raw, ConfigRequest)
     except msgspec.ValidationError as exc:
         reason, _, where = str(exc).partition(" - at `$.")
         key = where.rstrip("`").split(".")[0].split("[")[0] or None
         raise Refused("invalid_request", f"{key}: {reason}" if key else reason, key) from None
+    if not request.set and not request.reset:
+        # Most likely a client that lost its payload: say so rather than "accepted".
+        raise Refused(
+            "invalid_request", 'nothing to change: send {"set": {...}} or {"reset": true}', "set"
+        )
+    return request
 
 
 def audit_data(received: Received, result: ConfigResult) -> bytes:

@@ -305,6 +305,8 @@ class Configurator:
 
 _STATUS = {
     "invalid_json": 400,
+    "too_deep": 400,
+    "too_large": 413,
     "unknown_target": 404,
     "restart_required": 409,
     "store_unavailable": 503,

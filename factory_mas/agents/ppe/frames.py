@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ...api import ApiError, decode_json
 from ...errors import RecordError
 
 # Camera formats only: Pillow opens dozens of formats, and every extra parser is attack
@@ -182,9 +182,9 @@ def frame_of_object(obj: Any, camera_id: str, limits: Limits) -> Frame:
 
 def parse_json(body: bytes) -> Any:
     try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise FrameError(f"body is not valid JSON: {exc}", "invalid_json", 400) from None
+        return decode_json(body)
+    except ApiError as exc:  # not JSON, too deep, too big: whatever the bytes
+        raise FrameError(exc.detail, exc.code, 400) from None
 
 
 def frames_of_objects(

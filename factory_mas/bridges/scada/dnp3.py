@@ -49,6 +49,7 @@ from dnp3.outstation import (
     UnsolicitedConfig,
 )
 
+from ...limits import ClientAllowList
 from .points import Point
 
 if TYPE_CHECKING:
@@ -154,6 +155,44 @@ class _Commands(DefaultCommandHandler):
         return self.server.analog(index, value, operate=True)
 
 
+class _GuardedRunner(OutstationTcpRunner):
+    """dnp3py's TCP runner, refusing clients not in scada.allowed_clients.
+
+    The runner accepts one master at a time and drops the current one for every newcomer,
+    so a refused client must never reach it: the TCP server's `accept` is wrapped the
+    moment the runner stores it (before its first call), and closes such connections
+    itself. Only that runner attribute is intercepted; the rest is dnp3py's."""
+
+    def __init__(self, *args: Any, allow: ClientAllowList, **kwargs: Any) -> None:
+        self._allow = allow
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def _server(self) -> Any:
+        return self.__dict__.get("_guarded_server")
+
+    @_server.setter
+    def _server(self, server: Any) -> None:
+        if server is not None and self._allow.networks:
+            server.accept = self._guarded_accept(server, server.accept)
+        self.__dict__["_guarded_server"] = server
+
+    def _guarded_accept(self, server: Any, accept: Any) -> Any:
+        allow = self._allow
+
+        async def guarded_accept() -> Any:
+            while True:
+                channel = await accept()
+                remote = channel.remote_address
+                if allow.allows(remote[0] if remote else None):
+                    return channel
+                server.remove_connection(channel)
+                channel.writer.transport.abort()
+                await channel.close()
+
+        return guarded_accept
+
+
 class Dnp3Server:
     name = "dnp3"
 
@@ -175,6 +214,7 @@ class Dnp3Server:
         }
         self.error: str | None = None
         self.commands = {"selected": 0, "operated": 0, "refused": 0}
+        self.allow = ClientAllowList(s.allowed_clients, "dnp3")
         self._lock = threading.Lock()
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -271,7 +311,7 @@ class Dnp3Server:
             raw = f"crob {code.op_type.name} tcc={code.tcc.name} clear={code.clear}"
             self._write(point.name, raw)
             return self._refused("not_supported", index, "crob", f"{raw} is not supported")
-        if not operate:
+        if not operate and self.bridge.settings.writes_enabled:
             return self._selected()
         return self._result(self._write(point.name, value), index, "crob")
 
@@ -282,7 +322,7 @@ class Dnp3Server:
             return self._result(result, index, "analog output")
         real = value / point.scale if math.isfinite(value) else value
         if not operate:
-            if _refusal(point, real) is not None:
+            if _refusal(point, real) is not None or not self.bridge.settings.writes_enabled:
                 # Certainly refused: audit the attempt the master will never operate.
                 return self._result(self._write(point.name, real), index, "analog output")
             return self._selected()
@@ -363,7 +403,9 @@ class Dnp3Server:
 
     async def _serve(self, started: concurrent.futures.Future[None]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._runner = OutstationTcpRunner(self.outstation, host=self.host, port=self.port)
+        self._runner = _GuardedRunner(
+            self.outstation, host=self.host, port=self.port, allow=self.allow
+        )
         self._task = asyncio.create_task(self._runner.run())
         while not self._runner.is_running and not self._task.done():
             await asyncio.sleep(0.01)
@@ -402,4 +444,6 @@ class Dnp3Server:
             "master_address": self.master_address,
             "error": self.error,
             "commands": commands,
+            "writes_enabled": self.bridge.settings.writes_enabled,
+            "connections_refused": self.allow.refused,
         }

@@ -180,17 +180,23 @@ class WriteResult:
 
 
 class Writes:
+    DISABLED = "SCADA writes are disabled (scada.writes_enabled)"
+
     def __init__(self, components: Components, live: LiveValues) -> None:
         self.c = components
         self.live = live
         self.points = live.points
 
     async def write(self, name: str, raw: Any, origin: str, by: str = "") -> WriteResult:
-        """Check and apply one write from a control system; every attempt is audited."""
+        """Check and apply one write from a control system; every attempt is audited.
+        With scada.writes_enabled off every write is refused as read_only."""
         point = self.points.get(name)
-        result = await self._apply(point, raw, origin, by or origin) if point else WriteResult(
-            False, "not_found", f"no point {name!r}"
-        )  # fmt: skip
+        if not self.c.settings.scada.writes_enabled:
+            result = WriteResult(False, "read_only", self.DISABLED)
+        elif point is None:
+            result = WriteResult(False, "not_found", f"no point {name!r}")
+        else:
+            result = await self._apply(point, raw, origin, by or origin)
         if not result.audited:
             await self._audit(name, point, raw, origin, by or origin, result)
         if not result.ok:

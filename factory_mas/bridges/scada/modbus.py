@@ -34,6 +34,7 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from ...limits import ClientAllowList
 from .live import Value
 from .points import Point
 
@@ -121,6 +122,7 @@ class ModbusServer:
         span = max(2, *self.size.values())
         self.registers = {t: [0] * span for t in self.points}
         self.counts: Counter[str] = Counter()
+        self.allow = ClientAllowList(s.allowed_clients, "modbus")
         self.error: str | None = None
         self._server: ModbusTcpServer | None = None
         self._listening = False
@@ -158,6 +160,7 @@ class ModbusServer:
                 raise
 
         server.call_create = create_and_remember_why
+        self._guard_connections(server)
         self._server = server
         if await server.listen():
             self._listening = True
@@ -167,6 +170,32 @@ class ModbusServer:
             self.error = self.error or f"cannot listen on {self.host}:{self.port}"
             log.error("modbus: %s", self.error)
         return self
+
+    def _guard_connections(self, server: ModbusTcpServer) -> None:
+        """Close connections from clients not in scada.allowed_clients before they are
+        served: each new connection's handler checks its peer when the socket is handed to
+        it, and a refused one never sees a byte of its request answered."""
+        allow = self.allow
+        if not allow.networks:
+            return
+        new_handler = server.callback_new_connection
+
+        def guarded_handler() -> Any:
+            handler = new_handler()
+            made = handler.connection_made
+
+            def connection_made(transport: Any) -> None:
+                peer = transport.get_extra_info("peername")
+                if allow.allows(peer[0] if peer else None):
+                    made(transport)
+                    return
+                transport.abort()
+                handler.close()  # also forgets it in the server's list of connections
+
+            handler.connection_made = connection_made
+            return handler
+
+        server.callback_new_connection = guarded_handler  # type: ignore[method-assign]
 
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
@@ -195,6 +224,8 @@ class ModbusServer:
             "float32": self.float32,
             "error": self.error,
             "writes": {"accepted": self.counts["accepted"], "refused": self.counts["refused"]},
+            "writes_enabled": self.bridge.settings.writes_enabled,
+            "connections_refused": self.allow.refused,
         }
 
     # -- requests --------------------------------------------------------------------
