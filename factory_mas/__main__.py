@@ -43,6 +43,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
         # Behind Railway's proxy the client address arrives in X-Forwarded-For.
         proxy_headers=True,
+        # Clients only ever send a key or nothing over a WebSocket: 64 kB is plenty.
+        ws_max_size=65_536,
     )
     return 0
 

@@ -16,6 +16,8 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 _json = msgspec.json.Encoder()
+# A frame not taken by the client within this long closes its connection.
+SEND_TIMEOUT_S = 10.0
 
 
 def frame(kind: str, data: Any) -> bytes:
@@ -66,4 +68,14 @@ async def _send(ws: WebSocket, client: WsClient) -> None:
             await client.ready.wait()
             client.ready.clear()
             while client.queue:
-                await ws.send_text(client.queue.popleft().decode())
+                try:
+                    await asyncio.wait_for(
+                        ws.send_text(client.queue.popleft().decode()), SEND_TIMEOUT_S
+                    )
+                except TimeoutError:
+                    # A reader that takes nothing for this long is gone or stuck: let it
+                    # go, rather than keep a connection (and its buffers) for nobody.
+                    client.dropped += len(client.queue) + 1
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(ws.close(1008, "too slow to read"), 1.0)
+                    return
