@@ -50,6 +50,7 @@ from .replay import CameraReplay, Replay
 from .settings import Settings
 from .store import Store
 from .tasks import cancel
+from .web_routes import routes as web_routes
 
 log = logging.getLogger(__name__)
 JOURNAL_PRUNE_S = 30.0
@@ -306,6 +307,8 @@ def build_app(settings: Settings) -> Starlette:
         Mount("/api/notify", routes=c.notifier.routes()),
         Mount("/api/backlog", routes=c.backlog.routes()),
         *(Mount(f"/api/{a.slug}", routes=a.routes()) for a in c.agents),
+        # Last: the dashboard at / and its files under /static.
+        *web_routes(),
     ]
     configure_json_limits(settings.limits.json_max_depth, settings.limits.json_max_items)
     # Outermost first: security headers on every answer (429s included), then the rate
