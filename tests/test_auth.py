@@ -32,6 +32,7 @@ ROLES = ("viewer", "operator", "admin")
 # test_every_route_has_a_decided_role: someone must decide who may call it.
 EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/health"): "public",
+    ("GET", "/"): "public",  # the dashboard page; its data needs a key
     ("GET", "/status"): "viewer",
     ("GET", "/system-state"): "viewer",
     ("POST", "/api/ingest"): "operator",
