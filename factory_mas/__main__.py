@@ -318,8 +318,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     import getpass
 
     from .auth import keys
-    from .auth.keys import iso
     from .store import Store
+    from .times import iso
 
     try:
         who = f"cli:{getpass.getuser()}"

@@ -285,6 +285,23 @@ def put_checkpoint(conn: Connection, name: str, data: bytes) -> None:
         conn.execute(checkpoints.insert().values(name=name, data=data, updated_at=now))
 
 
+def audit_change(
+    conn: Connection, *, at: float, target: str, origin: str, by: str, accepted: bool, data: bytes
+) -> None:
+    """One row of the audit trail of changes: settings from any protocol, SCADA writes,
+    API keys. Every writer of the trail goes through here."""
+    conn.execute(
+        config_changes.insert().values(
+            at=at,
+            target=target[:100],
+            origin=origin[:200],
+            by=by[:200],
+            accepted=accepted,
+            data=data,
+        )
+    )
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 

@@ -33,3 +33,8 @@ def parse_instant(raw: str) -> float:
         except (ValueError, OverflowError):
             pass
     raise ValueError("expected an ISO 8601 time (no zone = UTC) or Unix seconds")
+
+
+def iso(at: float | None) -> str | None:
+    """Unix seconds as ISO 8601 in UTC; None stays None."""
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()

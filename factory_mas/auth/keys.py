@@ -13,7 +13,6 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import FactoryError
-from ..store import api_keys, config_changes
+from ..store import api_keys, audit_change
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
@@ -190,17 +189,12 @@ def _audit(
     conn: Connection, at: float, action: str, what: dict[str, Any], by: str, origin: str
 ) -> None:
     # Key changes share the settings' audit table (target "auth"); no key material in it.
-    conn.execute(
-        config_changes.insert().values(
-            at=at,
-            target=AUDIT_TARGET,
-            origin=origin[:200],
-            by=(by or "?")[:200],
-            accepted=True,
-            data=msgspec.json.encode({"request": {"action": action, **what}, "result": "ok"}),
-        )
+    audit_change(
+        conn,
+        at=at,
+        target=AUDIT_TARGET,
+        origin=origin,
+        by=by or "?",
+        accepted=True,
+        data=msgspec.json.encode({"request": {"action": action, **what}, "result": "ok"}),
     )
-
-
-def iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()

@@ -18,8 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..api import json_response, query_int, query_time
-from ..configure.records import iso
 from ..store import Store, alarm_events, config_changes
+from ..times import iso
 from .keys import AUDIT_TARGET, Principal
 
 AUDIT_LIMIT_MAX = 10_000

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..store import checkpoints, config_changes, put_checkpoint
+from ..store import audit_change, checkpoints, config_changes, put_checkpoint
+from ..times import iso
 from .requests import (
     RAW_KEPT_CHARS,
     ConfigResult,
@@ -28,15 +27,14 @@ def record(conn: Connection, result: ConfigResult, received: Received, known_tar
             overrides=result.overrides or {}, at=at, by=result.by, origin=result.origin
         )
         put_checkpoint(conn, checkpoint_name(result.target), msgspec.json.encode(saved))
-    conn.execute(
-        config_changes.insert().values(
-            at=at,
-            target=result.target[:100],
-            origin=result.origin[:200],
-            by=result.by[:200],
-            accepted=result.accepted,
-            data=audit_data(received, result),
-        )
+    audit_change(
+        conn,
+        at=at,
+        target=result.target,
+        origin=result.origin,
+        by=result.by,
+        accepted=result.accepted,
+        data=audit_data(received, result),
     )
 
 
@@ -71,7 +69,3 @@ def changes(conn: Connection, target: str | None, since: float | None, limit: in
             }
         )
     return out
-
-
-def iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()

@@ -30,6 +30,7 @@ from ..errors import StoreError
 from ..hub import Hub, Subscription
 from ..settings import AgentSettings
 from ..store import Store
+from ..times import iso
 from . import records
 from .requests import (
     RAW_KEPT_CHARS,
@@ -250,7 +251,7 @@ class Configurator:
                 "status": agent.status,
                 "settings": msgspec.to_builtins(agent.settings),
                 "overrides": self.overrides(agent_id),
-                "changed_at": records.iso(self.changed_at.get(agent_id)),
+                "changed_at": iso(self.changed_at.get(agent_id)),
                 "changed_by": self.changed_by.get(agent_id),
                 "restart_only": sorted(k for k in agent.restart_only if hasattr(agent.settings, k)),
             }

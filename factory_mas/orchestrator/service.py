@@ -35,6 +35,7 @@ from ..planner import logic as planning
 from ..settings import Settings
 from ..store import Store
 from ..tasks import cancel_all
+from ..times import iso
 from ..ws import WsClient, broadcast, frame
 from . import logic, records
 from .logic import AlarmConflict, Change, Key
@@ -388,7 +389,7 @@ class Orchestrator:
     def flood_state(self) -> dict[str, Any]:
         return {
             "active": self.flood.active,
-            "since": _iso(self.flood.since),
+            "since": iso(self.flood.since),
             "new_alarms_in_window": self.flood.in_window(time.time()),
             "threshold": self.settings.flood_threshold,
             "ends_below": self.settings.flood_end_below,
@@ -441,7 +442,3 @@ def _distinct(alarms: list[Alarm]) -> list[Alarm]:
     for alarm in alarms:
         last[alarm.id] = alarm
     return list(last.values())
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()

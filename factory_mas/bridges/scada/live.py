@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,7 +27,7 @@ from ...levels import RANK
 from ...messages import Prediction
 from ...orchestrator.logic import AlarmConflict
 from ...orchestrator.service import AlarmNotFound
-from ...store import config_changes
+from ...store import audit_change
 from ...tasks import cancel
 from .points import AGENTS, LEVEL_CODES, THREAT_CODES, Point
 
@@ -251,22 +252,20 @@ class Writes:
     ) -> None:
         data = {"request": {"point": name, "value": _jsonable(raw)},
                 "result": {"ok": r.ok, "code": r.code, "error": r.error}}  # fmt: skip
-        target = (point.target.split(":")[1] if point and ":" in point.target else "scada")[:100]
+        target = point.target.split(":")[1] if point and ":" in point.target else "scada"
 
-        def insert(conn: Any) -> None:
-            conn.execute(
-                config_changes.insert().values(
+        try:
+            await self.c.store.write(
+                partial(
+                    audit_change,
                     at=time.time(),
                     target=target,
-                    origin=origin[:200],
-                    by=by[:200],
+                    origin=origin,
+                    by=by,
                     accepted=r.ok,
                     data=msgspec.json.encode(data),
                 )
             )
-
-        try:
-            await self.c.store.write(insert)
         except Exception as exc:  # auditing must not turn a write into a crash
             log.error("scada: write to %s not audited: %s", name, exc)
 
