@@ -15,7 +15,9 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .local_http import LocalHttpServer
 
 _GENERATE = re.compile(r"^/(?P<version>v1|v1beta)/models/(?P<model>[^/:?]+):generateContent$")
 
@@ -46,7 +48,7 @@ class Received:
         return self.body.get("generationConfig", {})
 
 
-class FakeGemini:
+class FakeGemini(LocalHttpServer):
     """`with FakeGemini(api_key) as fake:` serves on `fake.base_url` until the block ends.
 
     `answer` is the text of the model's reply: a string, or a callable taking the request
@@ -63,17 +65,8 @@ class FakeGemini:
         self.garbage = False
         self._failures: list[int] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        self._stop = threading.Event()
+        super().__init__()
 
     def fail_next(self, n: int = 1, status: int = 500) -> None:
         """Answer the next `n` generate requests with `status` and a Google error JSON."""
@@ -84,15 +77,8 @@ class FakeGemini:
         """Hold every following request `seconds` before answering (0: answer at once)."""
         self.hang_s = seconds
 
-    def __enter__(self) -> FakeGemini:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+    def _stopping(self) -> None:
+        self._stop.set()  # wakes hanging handlers
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -121,7 +107,7 @@ class FakeGemini:
                     fake.received.append(
                         Received(self.path, match["model"], dict(self.headers.items()), body)
                     )
-                if fake.hang_s and fake._stopping.wait(fake.hang_s):
+                if fake.hang_s and fake._stop.wait(fake.hang_s):
                     return  # stopping: drop the request
                 if failure is not None:
                     return self._error(failure, "INTERNAL", "The service is unavailable.")

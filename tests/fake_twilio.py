@@ -14,8 +14,10 @@ import threading
 import uuid
 from dataclasses import dataclass
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
+
+from .local_http import LocalHttpServer
 
 _MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<sid>AC[0-9a-fA-F]{32})/Messages\.json$")
 
@@ -31,7 +33,7 @@ class Received:
     password: str
 
 
-class FakeTwilio:
+class FakeTwilio(LocalHttpServer):
     """`with FakeTwilio(sid, token) as fake:` serves on `fake.base_url` until the block ends."""
 
     def __init__(self, account_sid: str, auth_token: str) -> None:
@@ -41,17 +43,7 @@ class FakeTwilio:
         self.requests = 0
         self._failures: list[tuple[int, dict | None]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        # A short poll interval: shutdown() waits for it, once per test.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__()
 
     def fail_next(self, n: int = 1, status: int = 500, error: dict | None = None) -> None:
         """Answer the next `n` message requests with `status` and `error` as JSON body."""
@@ -62,15 +54,6 @@ class FakeTwilio:
     def bodies(self) -> list[str]:
         with self._lock:
             return [r.body for r in self.received]
-
-    def __enter__(self) -> FakeTwilio:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
