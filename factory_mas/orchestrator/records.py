@@ -25,6 +25,18 @@ _event = msgspec.json.Decoder(AlarmEvent)
 _alert = msgspec.json.Decoder(Alert)
 _decision = msgspec.json.Decoder(Decision)
 
+# Built once: a statement built per call costs more than running it (see store.py).
+_ALARM_INSERT = alarms.insert()
+_ALARM_UPDATE = alarms.update().where(alarms.c.id == sa.bindparam("b_id"))
+_EVENT_INSERT = alarm_events.insert()
+_ALERT_INSERT = alerts.insert()
+_DECISION_INSERT = decisions.insert()
+_MARK_PLANNED = (
+    alarms.update()
+    .where(alarms.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+    .values(plan_pending=False)
+)
+
 
 def _columns(alarm: Alarm, plan_pending: bool | None) -> dict[str, object]:
     values: dict[str, object] = {
@@ -57,7 +69,7 @@ def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change])
     now = time.time()
     if received:
         conn.execute(
-            alerts.insert(),
+            _ALERT_INSERT,
             [{"id": a.id, "received_at": now, "data": _encode(a)} for a in received],
         )
     assigned: dict[Key, int] = {}
@@ -69,7 +81,7 @@ def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change])
             if key in assigned:
                 alarm.id = assigned[key]
             else:
-                result = conn.execute(alarms.insert().values(_columns(alarm, change.plan)))
+                result = conn.execute(_ALARM_INSERT, _columns(alarm, change.plan))
                 alarm.id = assigned[key] = int(result.inserted_primary_key[0])
         owed = final[alarm.id][1] if alarm.id in final else False
         final[alarm.id] = (alarm, owed or change.plan)
@@ -89,20 +101,23 @@ def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change])
                     "data": _encode(change.event),
                 }
             )
-    for alarm, owed in final.values():
-        _write(conn, alarm, owed)
+    # One executemany per shape of row: with and without the plan flag.
+    for owed in (True, False):
+        rows = [_update_row(alarm, owed) for alarm, o in final.values() if bool(o) is owed]
+        if rows:
+            conn.execute(_ALARM_UPDATE, rows)
     if events:
-        conn.execute(alarm_events.insert(), events)
+        conn.execute(_EVENT_INSERT, events)
+
+
+def _update_row(alarm: Alarm, owed: bool) -> dict[str, object]:
+    # The JSON copy is written here, with the id; a plan owed stays owed until a decision
+    # settles it (see mark_planned), so only True is ever written.
+    return {"b_id": alarm.id, **_columns(alarm, True if owed else None)}
 
 
 def _write(conn: Connection, alarm: Alarm, owed: bool) -> None:
-    # The JSON copy is written here, with the id; a plan owed stays owed until a decision
-    # settles it (see mark_planned), so only True is ever written.
-    conn.execute(
-        alarms.update()
-        .where(alarms.c.id == alarm.id)
-        .values(_columns(alarm, True if owed else None))
-    )
+    conn.execute(_ALARM_UPDATE, _update_row(alarm, owed))
 
 
 def load_open(conn: Connection) -> list[Alarm]:
@@ -117,18 +132,19 @@ def plans_owed(conn: Connection) -> list[int]:
 
 def mark_planned(conn: Connection, alarm_ids: Sequence[int]) -> None:
     if alarm_ids:
-        conn.execute(alarms.update().where(alarms.c.id.in_(alarm_ids)).values(plan_pending=False))
+        conn.execute(_MARK_PLANNED, {"b_ids": list(alarm_ids)})
 
 
 def save_decision(conn: Connection, decision: Decision) -> None:
     conn.execute(
-        decisions.insert().values(
-            id=decision.id,
-            at=decision.timestamp.timestamp(),
-            machine_id=decision.plan.machine_id,
-            level=decision.level,
-            data=_encode(decision),
-        )
+        _DECISION_INSERT,
+        {
+            "id": decision.id,
+            "at": decision.timestamp.timestamp(),
+            "machine_id": decision.plan.machine_id,
+            "level": decision.level,
+            "data": _encode(decision),
+        },
     )
 
 
