@@ -18,10 +18,13 @@ nothing acknowledged is lost; rows every agent has covered are pruned.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -314,13 +317,65 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+class _Worker:
+    """The store's one thread: database calls run one at a time, in order, except that an
+    urgent call goes before the queued ones.
+
+    The ingest journal is urgent: a producer waits on it before its telemetry counts as
+    accepted, while history, checkpoints and the alarm log can wait a few milliseconds.
+    It cannot starve them: Intake journals under one lock, so at most one urgent call is
+    ever queued.
+    """
+
+    _STOP = 2
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: queue.PriorityQueue[tuple[int, int, Any, tuple[Any, ...], Any]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], args: tuple[Any, ...], urgent: bool) -> Future[T]:
+        if self._closed:
+            raise RuntimeError(f"{self._name}: cannot run calls after shutdown")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
+        future: Future[T] = Future()
+        self._queue.put((0 if urgent else 1, next(self._order), fn, args, future))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            priority, _, fn, args, future = self._queue.get()
+            if priority == self._STOP:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the thread."""
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put((self._STOP, next(self._order), None, (), None))
+            self._thread.join()
+            self._thread = None
+
+
 class Store:
     """Open with `async with Store(url) as store:`; every method is a coroutine."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: Engine | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._worker = _Worker("store")
         self.version = 0
 
     @classmethod
@@ -339,11 +394,11 @@ class Store:
         if self._engine is not None:
             await self._run(self._engine.dispose)
             self._engine = None
-        self._pool.shutdown(wait=True)
+        self._worker.shutdown()
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await asyncio.wrap_future(self._worker.submit(fn, args, urgent))
         except SQLAlchemyError as exc:
             raise StoreError(f"database {self.safe_url}: {exc.__class__.__name__}: {exc}") from exc
 
@@ -428,7 +483,7 @@ class Store:
 
     async def inbox_append(self, topic: str, source: str, data: bytes) -> int:
         """Journal one accepted message durably; returns its sequence number."""
-        return await self._run(self._inbox_append, topic, source, data)
+        return await self._run(self._inbox_append, topic, source, data, urgent=True)
 
     def _inbox_append(self, topic: str, source: str, data: bytes) -> int:
         with self.engine.begin() as conn:
