@@ -134,6 +134,12 @@ class Components:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def settle_after_scada(self) -> None:
+        # OPC UA's address space is some 400,000 objects, built after the rest was parked.
+        await self.scada.started.wait()
+        if self.ready:  # not on the way out
+            _settle()
+
     async def prune_journal(self) -> int:
         """Drop journal rows that every running agent's saved checkpoint covers."""
         cursors = [a.durable_cursor for a in self.agents if a.status == "running"]
@@ -171,7 +177,7 @@ class Components:
         }
 
 
-def build_components(settings: Settings) -> Components:
+def build_components(settings: Settings, *, scada_in_background: bool = False) -> Components:
     hub = Hub(queue_size=settings.hub.queue_size)
     store = Store.in_data_dir(settings.data_dir)
     inference = Inference(settings.inference.threads)
@@ -227,12 +233,21 @@ def build_components(settings: Settings) -> Components:
         Configurator(agents, hub, store),
         BacklogAgent(settings.backlog, hub, store),
     )
-    components.scada = ScadaBridge(components)
+    components.scada = ScadaBridge(components, background=scada_in_background)
     return components
 
 
-def build_app(settings: Settings) -> Starlette:
-    c = build_components(settings)
+def _settle() -> None:
+    # Models and settings live as long as the process: park them where the garbage
+    # collector no longer walks them on every full collection.
+    gc.collect()
+    gc.freeze()
+
+
+def build_app(settings: Settings, *, scada_in_background: bool = False) -> Starlette:
+    """The application. `scada_in_background`: the SCADA servers start once the app is
+    ready instead of before (seconds sooner; /health reports them starting meanwhile)."""
+    c = build_components(settings, scada_in_background=scada_in_background)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -273,10 +288,9 @@ def build_app(settings: Settings) -> Starlette:
                 loop = asyncio.get_running_loop()
                 loop.add_signal_handler(signal.SIGHUP, lambda: c.spawn(c.reload_models()))
                 stack.callback(loop.remove_signal_handler, signal.SIGHUP)
-            # Models and settings live as long as the process: park them where the
-            # garbage collector no longer walks them on every full collection.
-            gc.collect()
-            gc.freeze()
+            _settle()
+            if scada_in_background and settings.scada.enabled:
+                c.spawn(c.settle_after_scada())
             c.ready = True
             log.info("factory_mas %s ready", __version__)
             try:

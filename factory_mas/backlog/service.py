@@ -15,14 +15,10 @@ import logging
 import time
 import zoneinfo
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import sqlalchemy as sa
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.engine import Connection
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,6 +34,12 @@ from ..tasks import cancel
 from . import facts as F
 from .markdown import to_markdown
 from .writers import GeminiWriter, write_summary
+
+# APScheduler loads when the agent starts, not with the app: whatever imports the app
+# without running it (tests, tools) is spared it.
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.combining import OrTrigger
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,9 @@ class BacklogAgent:
             asyncio.create_task(self._save_loop(), name="backlog-save"),
         ]
         _active = self
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
         self.scheduler = AsyncIOScheduler(timezone=zoneinfo.ZoneInfo(self.settings.timezone))
         self.scheduler.add_jobstore(
             SQLAlchemyJobStore(url=self.store.url, tablename="apscheduler_jobs"), "default"
@@ -164,6 +169,9 @@ class BacklogAgent:
         return self
 
     def _trigger(self) -> OrTrigger:
+        from apscheduler.triggers.combining import OrTrigger
+        from apscheduler.triggers.cron import CronTrigger
+
         tz = zoneinfo.ZoneInfo(self.settings.timezone)
         crons = []
         for hhmm in sorted(set(self.settings.shift_starts)):

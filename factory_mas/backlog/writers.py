@@ -14,7 +14,6 @@ import json
 import logging
 from typing import NamedTuple
 
-import httpx
 import msgspec
 
 from ..errors import FactoryError
@@ -270,6 +269,9 @@ class GeminiWriter:
         raise error
 
     async def _attempt(self, facts: ShiftFacts) -> tuple[str, list[str]]:
+        # Imported on first use: google-genai takes over a second to import, and an
+        # installation without a key never needs it (nor httpx, for it).
+        import httpx
         from google import genai
         from google.genai import errors, types
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-import aiomqtt
-
 from ..errors import SettingsError
 from ..settings import MqttSettings
 
@@ -28,6 +26,9 @@ def tls_context(s: MqttSettings) -> ssl.SSLContext | None:
 
 def client_options(s: MqttSettings, context: ssl.SSLContext | None) -> dict[str, Any]:
     """aiomqtt.Client keyword arguments shared by the bridge and the replay publisher."""
+    # Here rather than at the top: the bridge imports this module even without a broker.
+    import aiomqtt
+
     return {
         "hostname": s.broker,
         "port": s.port,

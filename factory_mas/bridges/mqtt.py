@@ -29,14 +29,10 @@ import socket
 import ssl
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiomqtt
 import msgspec
 import sqlalchemy as sa
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
@@ -47,6 +43,12 @@ from ..settings import MqttSettings
 from ..store import Store, mqtt_outbox
 from ..tasks import cancel_all
 from .connection import client_options, tls_context
+
+# aiomqtt and paho are imported where a connection is made: a process without a broker
+# (the default) never loads them.
+if TYPE_CHECKING:
+    import aiomqtt
+    from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,9 @@ class MqttBridge:
     async def __aenter__(self) -> MqttBridge:
         if not self.enabled:
             return self
+        # A missing package stops start-up here, by name, not later in the connection task.
+        import aiomqtt  # noqa: F401
+
         self._tls = tls_context(self.settings)  # a bad file stops start-up, naming it
         self._outbox_rows = await self.store.read(_outbox_size)
         # Drop-oldest never drops a protected message: only predictions can be lost here,
@@ -201,6 +206,10 @@ class MqttBridge:
     # -- the connection ----------------------------------------------------------------
 
     def _client(self) -> aiomqtt.Client:
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
         s = self.settings
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = s.session_expiry_s
@@ -220,6 +229,8 @@ class MqttBridge:
         return client
 
     async def _connection_loop(self) -> None:
+        import aiomqtt
+
         s = self.settings
         delay = s.reconnect_min_s
         outage_logged = False
@@ -264,6 +275,8 @@ class MqttBridge:
             tasks.create_task(self._send(client))
 
     def _subscription(self, topic_filter: str) -> tuple[str, SubscribeOptions]:
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
         if self.settings.shared_group and topic_filter.startswith("sensors/"):
             # Input is split between the group's instances (telemetry and camera frames
             # alike, or each frame would be scored, alarmed and texted once per instance);

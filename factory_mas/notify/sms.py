@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import re
 import urllib.parse
-
-import requests
-from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
+from typing import TYPE_CHECKING
 
 from ..errors import FactoryError, SettingsError
 from ..settings import NotifySettings
+
+if TYPE_CHECKING:
+    from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
 # twilio's HTTP client logs every request URL (it carries the account SID) and the
 # response headers at INFO: ten lines a text, none of them news. Ours, and quiet.
@@ -78,6 +77,11 @@ class TwilioSender:
                 "notify: TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER and "
                 "TWILIO_TO_NUMBER must all be set to send texts"
             )
+        # twilio (and requests under it) take a tenth of a second to import: only a
+        # configured notifier pays for them, when it starts.
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
         self.settings = settings
         self._http = TwilioHttpClient(timeout=settings.send_timeout_s, logger=_http_log)
         self._client = Client(
@@ -98,6 +102,13 @@ class TwilioSender:
 
     def send(self, body: str) -> str:
         """Text `body` to the supervisor; returns Twilio's message SID."""
+        import requests
+        from twilio.base.exceptions import (
+            TwilioException,
+            TwilioRestException,
+            TwilioServiceException,
+        )
+
         try:
             message = self._client.messages.create(
                 to=self.settings.twilio_to_number,
@@ -117,6 +128,8 @@ class TwilioSender:
         return message.sid
 
     def _http_error(self, exc: TwilioRestException | TwilioServiceException) -> SendError:
+        from twilio.base.exceptions import TwilioServiceException
+
         # exc.msg is "Unable to create record: <Twilio's message>"; str(exc) would add
         # terminal colours when stderr is a TTY.
         text = exc.detail or exc.title if isinstance(exc, TwilioServiceException) else exc.msg

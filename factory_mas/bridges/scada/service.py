@@ -4,12 +4,18 @@ Every `update_interval_s` the live values are computed once and handed to each s
 the servers only copy them into their own data model, so a slow client never touches
 scoring. A server whose port cannot be bound is reported (on /health and /status) and
 the rest of the process keeps running.
+
+With `background=True` the servers start after the bridge has been entered instead of
+before: importing asyncua, pymodbus and dnp3 and building OPC UA's address space take
+seconds, which `python -m factory_mas` should not wait for before it answers HTTP. Until
+they are up, /health says so ("scada: starting", status degraded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +33,9 @@ if TYPE_CHECKING:
     from ...app import Components
 
 log = logging.getLogger(__name__)
+# On shutdown, how long a background start still in progress may take to finish, so that
+# every server that bound its port is stopped in order rather than cut off half-way.
+START_GRACE_S = 5.0
 
 
 class ProtocolServer(Protocol):
@@ -47,8 +56,9 @@ class ProtocolServer(Protocol):
 
 
 class ScadaBridge:
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Components, *, background: bool = False) -> None:
         self.c = components
+        self.background = background
         self.settings = components.settings.scada
         self.points: list[Point] = build_points(components.settings)
         self.live = LiveValues(components, self.points)
@@ -58,41 +68,78 @@ class ScadaBridge:
         self.updated_at: datetime | None = None
         self._stack: AsyncExitStack | None = None
         self._task: asyncio.Task | None = None
+        self._start_task: asyncio.Task | None = None
+        self.starting = False
+        self.start_error: str | None = None
+        # Set once the servers' start is over, whether they listen or not.
+        self.started = asyncio.Event()
 
-    def _make_servers(self) -> list[ProtocolServer]:
+    def _server_types(self) -> list[Callable[[ScadaBridge], ProtocolServer]]:
+        """The enabled servers' classes. Importing them loads their protocol libraries,
+        which only a bridge that runs those servers needs."""
         s = self.settings
-        servers: list[ProtocolServer] = []
+        types: list[Callable[[ScadaBridge], ProtocolServer]] = []
         if s.opcua_enabled:
             from .opcua import OpcUaServer
 
-            servers.append(OpcUaServer(self))
+            types.append(OpcUaServer)
         if s.modbus_enabled:
             from .modbus import ModbusServer
 
-            servers.append(ModbusServer(self))
+            types.append(ModbusServer)
         if s.dnp3_enabled:
             from .dnp3 import Dnp3Server
 
-            servers.append(Dnp3Server(self))
-        return servers
+            types.append(Dnp3Server)
+        return types
 
     async def __aenter__(self) -> ScadaBridge:
         if not self.settings.enabled:
+            self.started.set()
             return self
         self._stack = AsyncExitStack()
+        # Entered now in either case: predictions made while the servers start are kept.
         await self._stack.enter_async_context(self.live)
-        self.servers = self._make_servers()
+        if self.background:
+            self.starting = True
+            self._start_task = asyncio.create_task(self._start_later(), name="scada-start")
+        else:
+            try:
+                await self._start_servers(self._server_types())
+            finally:
+                self.started.set()
+        return self
+
+    async def _start_servers(self, types: list[Callable[[ScadaBridge], ProtocolServer]]) -> None:
+        assert self._stack is not None
+        self.servers = [make(self) for make in types]
         for server in self.servers:
             await self._stack.enter_async_context(server)
         self.refresh()
         self._task = asyncio.create_task(self._tick(), name="scada-tick")
-        return self
+
+    async def _start_later(self) -> None:
+        try:
+            # The protocol libraries take most of a second to import: in a thread, so the
+            # event loop keeps answering requests meanwhile.
+            await self._start_servers(await asyncio.to_thread(self._server_types))
+        except Exception as exc:  # a missing package, a bug: reported, not swallowed
+            self.start_error = f"start failed: {type(exc).__name__}: {exc}"
+            log.exception("scada: starting the servers failed")
+        else:
+            log.info("scada: servers started")
+        finally:
+            self.starting = False
+            self.started.set()
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._start_task is not None:
+            await asyncio.wait([self._start_task], timeout=START_GRACE_S)
+            await cancel(self._start_task)
         await cancel(self._task)
         if self._stack is not None:
             await self._stack.aclose()
-        self._stack = self._task = None
+        self._stack = self._task = self._start_task = None
 
     async def _tick(self) -> None:
         while True:
@@ -114,11 +161,18 @@ class ScadaBridge:
 
     @property
     def problems(self) -> list[str]:
-        return [f"{s.name}: {s.status()['error']}" for s in self.servers if s.status()["error"]]
+        found = [f"{s.name}: {s.status()['error']}" for s in self.servers if s.status()["error"]]
+        if self.starting:
+            found.append("scada: starting")
+        if self.start_error:
+            found.append(f"scada: {self.start_error}")
+        return found
 
     def status(self) -> dict[str, Any]:
         return {
             "enabled": self.settings.enabled,
+            "starting": self.starting,
+            "error": self.start_error,
             "points": len(self.points),
             "updated_at": self.updated_at,
             "servers": {s.name: s.status() for s in self.servers},
