@@ -1,9 +1,13 @@
 """Trained model files and their manifest: written by `train`, verified before serving.
 
 artifacts/manifest.json lists, per agent, each file's sha256, the feature list the model
-was fitted on, held-out metrics and the library versions that wrote it. A model is served
-only when all of that matches the code, so a stale or tampered file fails loudly at
-start-up instead of scoring quietly wrong.
+was fitted on, held-out metrics and how it was trained. A model is served only when all of
+that matches the code, so a stale or tampered file fails loudly at start-up instead of
+scoring quietly wrong.
+
+Forests are .npz files of numpy arrays (factory_mas.forest), read without pickle and
+without scikit-learn, so unlike the pickles they replace they tie serving to no library
+version; their format number is checked instead. TensorFlow models are .tflite files.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import ArtifactError
+from .forest import Forest, read_forest
 
 MANIFEST = "manifest.json"
 RETRAIN = "rebuild them with `python -m factory_mas train`"
+# Artifact folders written before the forests were compiled hold scikit-learn pickles.
+UPGRADE = "convert them with `python -m factory_mas.training.upgrade <models dir>`"
 
 
 def sha256_file(path: Path) -> str:
@@ -29,10 +37,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _minor(v: str) -> str:
-    return ".".join(v.split(".")[:2])
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,6 @@ def load_entry(models_dir: Path, agent_id: str, features: Sequence[str]) -> Mode
             f"{agent_id}: the model was trained on features {entry.get('features')} but this "
             f"code computes {list(features)}; {RETRAIN}"
         )
-    for lib, wrote in entry.get("libraries", {}).items():
-        have = dist_version(lib)
-        if _minor(have) != _minor(wrote):
-            raise ArtifactError(
-                f"{agent_id}: the model was written by {lib} {wrote}, this is {lib} {have}; "
-                f"install {lib}=={_minor(wrote)}.* or {RETRAIN}"
-            )
     paths: dict[str, Path] = {}
     for role, meta in entry.get("files", {}).items():
         path = models_dir / meta["path"]
@@ -92,7 +89,6 @@ def write_entry(
     files: Mapping[str, Path],
     features: Sequence[str],
     metrics: Mapping[str, Any],
-    libraries: Sequence[str] = (),
     training: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Record one agent's freshly written files in the manifest (other entries are kept)."""
@@ -103,7 +99,6 @@ def write_entry(
         "files": hashed,
         "features": list(features),
         "metrics": dict(metrics),
-        "libraries": {lib: dist_version(lib) for lib in libraries},
         "training": dict(training or {}),
     }
     try:
@@ -112,21 +107,37 @@ def write_entry(
         manifest = {}
     manifest.setdefault("format", 1)
     manifest.setdefault("models", {})[agent_id] = entry
-    tmp = models_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, models_dir / MANIFEST)
+    write_manifest(models_dir, manifest)
     return entry
 
 
-def load_joblib(entry: ModelEntry, role: str) -> Any:
-    """Unpickle one verified file of an entry; ArtifactError if it cannot be read."""
-    import joblib
+def write_manifest(models_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Replace the manifest in one step: a server reloading meanwhile sees old or new."""
+    tmp = models_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, models_dir / MANIFEST)
 
+
+def role_path(entry: ModelEntry, role: str) -> Path:
+    """The verified file of one role of an entry; ArtifactError if the manifest has none."""
     try:
-        return joblib.load(entry.paths[role])
+        return entry.paths[role]
     except KeyError:
         raise ArtifactError(
             f"{entry.agent_id}: the manifest lists no {role!r} file; {RETRAIN}"
         ) from None
-    except (OSError, ValueError, EOFError, ImportError, AttributeError) as exc:
-        raise ArtifactError(f"{entry.agent_id}: cannot load {entry.paths[role]}: {exc}") from exc
+
+
+def load_forest(
+    entry: ModelEntry, role: str, kind: type[Forest], extras: Sequence[str] = ()
+) -> tuple[Forest, dict[str, np.ndarray]]:
+    """One verified compiled forest of an entry and the named arrays saved with it."""
+    path = role_path(entry, role)
+    if path.suffix == ".joblib":
+        raise ArtifactError(
+            f"{entry.agent_id}: {path} is a scikit-learn pickle; {UPGRADE} or {RETRAIN}"
+        )
+    try:
+        return read_forest(path, kind, extras)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{entry.agent_id}: {exc}; {RETRAIN}") from exc

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from factory_mas.agents.base import AgentContext
 from factory_mas.agents.pm.agent import PmAgent
 from factory_mas.agents.pm.model import AGENT_ID, FEATURES, RUL_CAP_HOURS, PmModel, features
-from factory_mas.artifacts import MANIFEST
+from factory_mas.artifacts import MANIFEST, sha256_file
 from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.errors import ArtifactError
 
@@ -92,20 +92,80 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def rehash(models_dir: Path, role: str, name: str | None = None) -> None:
+    """Point the manifest at the file as it is now, as a matching stale file would be."""
+    manifest = manifest_of(models_dir)
+    files = manifest["models"][AGENT_ID]["files"]
+    files[role]["path"] = name or files[role]["path"]
+    files[role]["sha256"] = sha256_file(models_dir / files[role]["path"])
+    write_manifest(models_dir, manifest)
+
+
+def rewrite_npz(path: Path, **changes: object) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    np.savez(path, **{**arrays, **changes})
+
+
 def test_a_flipped_byte_in_the_classifier_is_refused(models):
-    flip_a_byte(models / "pm_classifier.joblib")
+    flip_a_byte(models / "pm_classifier.npz")
     with pytest.raises(ArtifactError) as err:
         PmModel.load(models)
     assert "sha256" in str(err.value)
-    assert "pm_classifier.joblib" in str(err.value)
+    assert "pm_classifier.npz" in str(err.value)
 
 
 def test_a_missing_model_file_is_refused(models):
-    (models / "pm_regressor.joblib").unlink()
+    (models / "pm_regressor.npz").unlink()
     with pytest.raises(ArtifactError) as err:
         PmModel.load(models)
-    assert "pm_regressor.joblib" in str(err.value)
+    assert "pm_regressor.npz" in str(err.value)
     assert "missing" in str(err.value)
+
+
+def test_a_corrupt_forest_with_a_matching_hash_is_refused(models):
+    (models / "pm_regressor.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    rehash(models, "regressor")
+    with pytest.raises(ArtifactError) as err:
+        PmModel.load(models)
+    assert AGENT_ID in str(err.value)
+    assert "cannot read" in str(err.value) and "pm_regressor.npz" in str(err.value)
+
+
+def test_a_forest_in_another_format_is_refused(models):
+    rewrite_npz(models / "pm_classifier.npz", format=np.asarray(99))
+    rehash(models, "classifier")
+    with pytest.raises(ArtifactError) as err:
+        PmModel.load(models)
+    assert "pm_classifier.npz" in str(err.value)
+    assert "format 99" in str(err.value)
+
+
+def test_the_forests_swapped_are_refused(models):
+    manifest = manifest_of(models)
+    files = manifest["models"][AGENT_ID]["files"]
+    files["classifier"], files["regressor"] = files["regressor"], files["classifier"]
+    write_manifest(models, manifest)
+    with pytest.raises(ArtifactError) as err:
+        PmModel.load(models)
+    assert "pm_regressor.npz holds a regressor forest, expected a classifier" in str(err.value)
+
+
+def test_a_classifier_of_other_classes_is_refused(models):
+    rewrite_npz(models / "pm_classifier.npz", classes=np.asarray(["ok", "broken"]))
+    rehash(models, "classifier")
+    with pytest.raises(ArtifactError) as err:
+        PmModel.load(models)
+    assert "classes" in str(err.value) and "'broken'" in str(err.value)
+
+
+def test_a_pickle_left_from_an_older_release_is_refused_with_the_way_out(models):
+    (models / "pm_classifier.joblib").write_bytes(b"a scikit-learn pickle")
+    rehash(models, "classifier", "pm_classifier.joblib")
+    with pytest.raises(ArtifactError) as err:
+        PmModel.load(models)
+    assert "pm_classifier.joblib" in str(err.value)
+    assert "python -m factory_mas.training.upgrade" in str(err.value)
 
 
 def test_different_features_are_refused(models):
@@ -118,23 +178,16 @@ def test_different_features_are_refused(models):
     assert "mode_maintenance" in str(err.value)
 
 
-def test_a_different_library_version_is_refused(models):
+def test_the_forests_are_served_whatever_scikit_learn_wrote_them(models):
+    """The .npz holds numpy arrays only: the scikit-learn version that fitted the forests
+    is a record, and even a stale manifest demanding another one is served."""
     manifest = manifest_of(models)
-    manifest["models"][AGENT_ID]["libraries"]["scikit-learn"] = "1.2.2"
+    entry = manifest["models"][AGENT_ID]
+    assert "libraries" not in entry
+    assert entry["training"]["scikit-learn"].startswith("1.")
+    entry["libraries"] = {"scikit-learn": "1.2.2"}
     write_manifest(models, manifest)
-    with pytest.raises(ArtifactError) as err:
-        PmModel.load(models)
-    assert "scikit-learn" in str(err.value)
-    assert "1.2.2" in str(err.value)
-
-
-def test_a_patch_release_of_the_library_is_accepted(models):
-    manifest = manifest_of(models)
-    wrote = manifest["models"][AGENT_ID]["libraries"]["scikit-learn"]
-    major, minor = wrote.split(".")[:2]
-    manifest["models"][AGENT_ID]["libraries"]["scikit-learn"] = f"{major}.{minor}.99"
-    write_manifest(models, manifest)
-    assert PmModel.load(models).version == manifest["models"][AGENT_ID]["version"]
+    assert PmModel.load(models).version == entry["version"]
 
 
 def test_a_missing_manifest_is_refused(models):
@@ -174,7 +227,7 @@ def test_an_entry_without_the_classifier_is_refused(models):
 @pytest.mark.parametrize("breakage", ["flipped-byte", "no-manifest"])
 async def test_the_agent_with_broken_models_reports_failed(settings, models, breakage):
     if breakage == "flipped-byte":
-        flip_a_byte(models / "pm_classifier.joblib")
+        flip_a_byte(models / "pm_classifier.npz")
         expected = "sha256"
     else:
         (models / MANIFEST).unlink()

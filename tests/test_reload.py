@@ -61,12 +61,12 @@ def test_a_broken_artifact_is_refused_and_the_old_model_kept(server_factory, tmp
     models = _models_copy(tmp_path)
     server = server_factory({"FACTORY_MODELS_DIR": str(models)})
     before = server.get("/api/pm/health").json()["model_version"]
-    classifier = models / "pm_classifier.joblib"
+    classifier = models / "pm_classifier.npz"
     classifier.write_bytes(classifier.read_bytes()[:-100] + b"\0" * 100)
 
     answer = server.post("/api/pm/reload")
     assert answer.status_code == 422
-    assert "pm_classifier.joblib" in answer.json()["detail"] and "sha256" in answer.json()["detail"]
+    assert "pm_classifier.npz" in answer.json()["detail"] and "sha256" in answer.json()["detail"]
     assert before in answer.json()["detail"]
     scored = server.post("/api/pm/predict", record(3))
     assert scored.status_code == 200 and scored.json()["model_version"] == before

@@ -29,10 +29,9 @@ TINY = {"n_train": 192, "n_test": 64, "epochs": 1, "image_size": 32}
 SMALL = {"n_train": 2000, "n_test": 300, "epochs": 8}
 OTHER_ENTRY = {
     "version": "pm-0123456789",
-    "files": {"classifier": {"path": "pm_classifier.joblib", "sha256": "ab" * 32}},
+    "files": {"classifier": {"path": "pm_classifier.npz", "sha256": "ab" * 32}},
     "features": ["temperature_c"],
     "metrics": {"failure_roc_auc": 0.9},
-    "libraries": {},
     "training": {"seed": 1},
 }
 
@@ -75,7 +74,7 @@ def test_the_entry_describes_what_was_written(twice) -> None:
     assert entry["features"] == list(FEATURES)
     assert set(entry["files"]) == {"model", "labels"}
     # The server needs no TensorFlow: the versions are a record, not a load condition.
-    assert entry["libraries"] == {}
+    assert "libraries" not in entry
     assert {"tensorflow-cpu", "keras", "seed", "image_size"} <= set(entry["training"])
     for item in ITEMS:
         assert 0.0 <= entry["metrics"][f"{item}_accuracy"] <= 1.0

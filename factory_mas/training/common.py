@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 
 from ..artifacts import write_entry
+from ..forest import CompiledForest, write_forest
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,15 @@ class Simulation:
     step_minutes: float
 
 
+@dataclass(frozen=True)
+class ForestFile:
+    """A compiled forest to save as `name`, with the named arrays trained alongside it."""
+
+    name: str
+    forest: CompiledForest
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
 def save_models(
     out_dir: Path,
     agent_id: str,
@@ -44,32 +54,32 @@ def save_models(
     metrics: Mapping[str, Any],
     simulation: Simulation,
     training: Mapping[str, Any],
-    pickled: Mapping[str, tuple[str, Any]] | None = None,
+    forests: Mapping[str, ForestFile] | None = None,
     written: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Pickle `pickled` ({role: (file name, object)}), add the `written` files, and record
-    all of them with metrics and how they were trained in the manifest. Returns the
-    manifest entry."""
+    """Save `forests` ({role: ForestFile}) as .npz, add the `written` files, and record all
+    of them with metrics and how they were trained in the manifest. Returns the manifest
+    entry."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = dict(written or {})
-    for role, (name, obj) in (pickled or {}).items():
-        files[role] = out_dir / name
-        # compress=3 keeps forests small enough to commit; zlib output is deterministic.
-        joblib.dump(obj, files[role], compress=3)
+    for role, saved in (forests or {}).items():
+        files[role] = out_dir / saved.name
+        write_forest(files[role], saved.forest, saved.extras)
+    # scikit-learn fitted the forests and TensorFlow made the .tflite files; serving needs
+    # neither, so their versions are a record in `training`, not a load condition.
+    fitted_with = {"scikit-learn": version("scikit-learn")} if forests else {}
     entry = write_entry(
         out_dir,
         agent_id,
         files,
         features,
         metrics,
-        # Served models need scikit-learn at the version that pickled them. TensorFlow
-        # only made the .tflite files, so it is recorded in `training`, not required.
-        libraries=("scikit-learn",),
         training={
             "seed": simulation.seed,
             "simulated_machines": simulation.machines,
             "ticks": simulation.ticks,
             "step_minutes": simulation.step_minutes,
+            **fitted_with,
             **training,
             "held_out": f"machines {held_out_from(simulation.machines)}..{simulation.machines}",
         },

@@ -18,13 +18,15 @@ from ..agents.cyber.model import (
     AGENT_ID,
     FEATURES,
     MAX_GAP_S,
+    Calibration,
     CyberModel,
     LastReadings,
     epoch_seconds,
     features,
 )
 from ..data.synthetic import FactorySimulator
-from .common import Simulation, is_held_out, save_models
+from .common import ForestFile, Simulation, is_held_out, save_models
+from .forests import compile_forest
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed data.
 MAD_TO_SD = 1.4826
@@ -65,22 +67,20 @@ def train_cyber(
     held_out = is_held_out(cols["machine_id"], machines)
     train, test = ~held_out, held_out
 
-    forest = IsolationForest(n_estimators=trees, max_samples=256, random_state=seed, n_jobs=1).fit(
-        x[train]
-    )
+    fitted = IsolationForest(n_estimators=trees, max_samples=256, random_state=seed, n_jobs=1)
+    forest = compile_forest(fitted.fit(x[train]))
     raw_train = -forest.score_samples(x[train])
     median, scale = robust_spread(x[train])
-    bundle = {
-        "forest": forest,
-        "raw_median": float(np.median(raw_train)),
-        "raw_threshold": best_f1_threshold(raw_train, attack[train]),
-        "median": median,
-        "scale": scale,
-    }
-    if not bundle["raw_threshold"] > bundle["raw_median"]:
+    calibration = Calibration(
+        raw_median=float(np.median(raw_train)),
+        raw_threshold=best_f1_threshold(raw_train, attack[train]),
+        median=median,
+        scale=scale,
+    )
+    if not calibration.raw_threshold > calibration.raw_median:
         raise ValueError("the threshold fell below a typical record; too few attacks to learn from")
 
-    score, flagged, _ = CyberModel(bundle, version="").predict(x[test])
+    score, flagged, _ = CyberModel(forest, calibration, version="").predict(x[test])
     y = attack[test]
     true_pos = int((flagged & y).sum())
     metrics = {
@@ -104,5 +104,5 @@ def train_cyber(
             "max_gap_s": MAX_GAP_S,
             "threshold": "best F1 on the training machines",
         },
-        pickled={"model": ("cyber_model.joblib", bundle)},
+        forests={"model": ForestFile("cyber_model.npz", forest, calibration.arrays())},
     )

@@ -15,7 +15,8 @@ from sklearn.metrics import average_precision_score, mean_absolute_error, roc_au
 
 from ..agents.pm.model import AGENT_ID, FAILURE_HORIZON_HOURS, FEATURES, RUL_CAP_HOURS, features
 from ..data.synthetic import FactorySimulator
-from .common import Simulation, is_held_out, save_models
+from .common import ForestFile, Simulation, is_held_out, save_models
+from .forests import compile_forest
 
 
 def train_pm(
@@ -72,8 +73,8 @@ def train_pm(
             "failure_horizon_hours": FAILURE_HORIZON_HOURS,
             "rul_cap_hours": RUL_CAP_HOURS,
         },
-        pickled={
-            "classifier": ("pm_classifier.joblib", classifier),
-            "regressor": ("pm_regressor.joblib", regressor),
+        forests={
+            "classifier": ForestFile("pm_classifier.npz", compile_forest(classifier)),
+            "regressor": ForestFile("pm_regressor.npz", compile_forest(regressor)),
         },
     )

@@ -121,9 +121,9 @@ def train_ppe(
         files,
         FEATURES,
         metrics,
-        # None listed: a .tflite is a versioned flatbuffer that any LiteRT reads, and the
-        # server needs neither TensorFlow nor a particular Pillow to run it.
-        libraries=(),
+        # The versions are a record, not a load condition: a .tflite is a versioned
+        # flatbuffer that any LiteRT reads, and the server needs neither TensorFlow nor a
+        # particular Pillow to run it.
         training={
             "seed": seed,
             "held_out": f"renders from seed {seed + 1}",

@@ -19,7 +19,8 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from ..agents.safety.model import AGENT_ID, CLASSES, FEATURES, SafetyModel, features
 from ..data.synthetic import DEFAULT_PARAMS, FactorySimulator
-from .common import Simulation, is_held_out, save_models
+from .common import ForestFile, Simulation, is_held_out, save_models
+from .forests import compile_forest
 
 # "A hazard is likelier than not": the default warning cut, where alerts start.
 ALERT_SCORE = 0.5
@@ -58,7 +59,7 @@ def train_safety(
 
     # Half the features per split, not the usual square root: with two of eight, many
     # splits cannot see temperature at all, and fire rows kept a share of "no hazard".
-    classifier = RandomForestClassifier(
+    fitted = RandomForestClassifier(
         n_estimators=60,
         max_features=0.5,
         max_depth=14,
@@ -66,6 +67,7 @@ def train_safety(
         random_state=seed,
         n_jobs=1,
     ).fit(x[train_idx], y[train_idx])
+    classifier = compile_forest(fitted)
 
     probabilities = SafetyModel(classifier, version="").predict(x[test_idx])
     predicted = np.asarray(CLASSES)[probabilities.argmax(axis=1)]
@@ -98,5 +100,5 @@ def train_safety(
             "hazard_rate_factor": hazard_rate_factor,
             "max_normal_rows": max_normal_rows,
         },
-        pickled={"classifier": ("safety_classifier.joblib", classifier)},
+        forests={"classifier": ForestFile("safety_classifier.npz", classifier)},
     )

@@ -9,14 +9,14 @@ would, in training and in serving alike.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ...artifacts import load_entry, load_joblib
+from ...artifacts import load_entry, load_forest
 from ...errors import ArtifactError
-from ...forest import compile_forest
+from ...forest import ForestIsolation
 
 AGENT_ID = "cyber_agent"
 READINGS: tuple[str, ...] = ("network_latency_ms", "packet_loss_pct", "error_rate_pct")
@@ -26,7 +26,8 @@ FEATURES: tuple[str, ...] = READINGS + tuple(f"{name}_delta" for name in READING
 MAX_GAP_S = 300.0
 # anomaly_score maps a typical training record to this value and the threshold to 0.5.
 TYPICAL_SCORE = 0.01
-_BUNDLE_KEYS = frozenset({"forest", "raw_median", "raw_threshold", "median", "scale"})
+# The arrays saved beside the forest in the model file, one per `Calibration` field.
+CALIBRATION_ARRAYS = ("raw_median", "raw_threshold", "median", "scale")
 
 Reading = tuple[float, float, float, float]  # timestamp_s, then READINGS in order
 
@@ -69,29 +70,62 @@ def features(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in FEATURES])
 
 
-class CyberModel:
-    """The forest plus what training learnt about normal traffic.
+@dataclass(frozen=True)
+class Calibration:
+    """What training learnt about normal traffic, saved beside the forest.
 
     `raw_median` and `raw_threshold` are the forest's outlier score (the negated
     `score_samples`) of a typical training record and the decision threshold chosen on
     training data; `median` and `scale` (1.4826 * MAD) per feature give robust z-scores.
     """
 
-    def __init__(self, bundle: Mapping[str, Any], version: str) -> None:
-        self.forest = compile_forest(bundle["forest"])
-        self.raw_median = float(bundle["raw_median"])
-        self.raw_threshold = float(bundle["raw_threshold"])
-        self.median = np.asarray(bundle["median"], np.float64)
-        self.scale = np.asarray(bundle["scale"], np.float64)
+    raw_median: float
+    raw_threshold: float
+    median: np.ndarray
+    scale: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(getattr(self, name), np.float64) for name in CALIBRATION_ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: Path) -> Calibration:
+        shapes = [arrays[name].shape for name in CALIBRATION_ARRAYS]
+        if shapes != [(), (), (len(FEATURES),), (len(FEATURES),)]:
+            raise ArtifactError(
+                f"{AGENT_ID}: {source} has calibration arrays of shapes "
+                f"{dict(zip(CALIBRATION_ARRAYS, shapes, strict=True))}"
+            )
+        calibration = cls(
+            float(arrays["raw_median"]),
+            float(arrays["raw_threshold"]),
+            arrays["median"],
+            arrays["scale"],
+        )
+        # The logistic of anomaly_scores needs the threshold above the typical record,
+        # the z-scores a finite median and a positive scale.
+        usable = (
+            calibration.raw_threshold > calibration.raw_median
+            and np.isfinite(calibration.median).all()
+            and (calibration.scale > 0).all()
+        )
+        if not usable:
+            raise ArtifactError(f"{AGENT_ID}: {source} has an unusable calibration")
+        return calibration
+
+
+class CyberModel:
+    """The forest plus its `Calibration`."""
+
+    def __init__(self, forest: ForestIsolation, calibration: Calibration, version: str) -> None:
+        self.forest = forest
+        self.calibration = calibration
         self.version = version
 
     @classmethod
     def load(cls, models_dir: Path) -> CyberModel:
         entry = load_entry(models_dir, AGENT_ID, FEATURES)
-        bundle = load_joblib(entry, "model")
-        if not isinstance(bundle, dict) or not set(bundle) >= _BUNDLE_KEYS:
-            raise ArtifactError(f"{AGENT_ID}: the model file lacks {sorted(_BUNDLE_KEYS)}")
-        return cls(bundle, entry.version)
+        forest, arrays = load_forest(entry, "model", ForestIsolation, CALIBRATION_ARRAYS)
+        return cls(forest, Calibration.from_arrays(arrays, entry.paths["model"]), entry.version)
 
     def raw_scores(self, x: np.ndarray) -> np.ndarray:
         return -self.forest.score_samples(x)
@@ -99,13 +133,14 @@ class CyberModel:
     def anomaly_scores(self, raw: np.ndarray) -> np.ndarray:
         """0..1 on a logistic through two anchors of the training distribution: the
         typical record scores TYPICAL_SCORE and the threshold scores 0.5."""
-        width = (self.raw_threshold - self.raw_median) / np.log((1 - TYPICAL_SCORE) / TYPICAL_SCORE)
-        return 1.0 / (1.0 + np.exp(-(raw - self.raw_threshold) / width))
+        c = self.calibration
+        width = (c.raw_threshold - c.raw_median) / np.log((1 - TYPICAL_SCORE) / TYPICAL_SCORE)
+        return 1.0 / (1.0 + np.exp(-(raw - c.raw_threshold) / width))
 
     def zscores(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.median) / self.scale
+        return (x - self.calibration.median) / self.calibration.scale
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """anomaly_score, is_anomaly and the robust z-score of every feature, per row."""
         raw = self.raw_scores(x)
-        return self.anomaly_scores(raw), raw >= self.raw_threshold, self.zscores(x)
+        return self.anomaly_scores(raw), raw >= self.calibration.raw_threshold, self.zscores(x)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ...artifacts import load_entry, load_joblib
+from ...artifacts import load_entry, load_forest
 from ...errors import ArtifactError
-from ...forest import compile_forest
+from ...forest import ForestIsolation
 from ...inference import LiteRtModel
 
 AGENT_ID = "energy_agent"
@@ -134,10 +134,16 @@ def spread_for(normal_median: float, threshold: float) -> float:
 
 
 class EnergyModel:
-    def __init__(self, forecaster: LiteRtModel, iforest: Any, scaling: Scaling, version: str):
+    def __init__(
+        self,
+        forecaster: LiteRtModel,
+        iforest: ForestIsolation | None,
+        scaling: Scaling,
+        version: str,
+    ) -> None:
         self.forecaster = forecaster
         # Training builds one without the forest to forecast before the forest exists.
-        self.iforest = compile_forest(iforest) if iforest is not None else None
+        self.iforest = iforest
         self.scaling = scaling
         self.version = version
 
@@ -153,7 +159,7 @@ class EnergyModel:
             forecaster = LiteRtModel(entry.paths["forecaster"], entry.version)
         except (KeyError, TypeError, OSError, ValueError) as exc:
             raise ArtifactError(f"{AGENT_ID}: cannot load the model files: {exc}") from exc
-        iforest = load_joblib(entry, "iforest")
+        iforest, _ = load_forest(entry, "iforest", ForestIsolation)
         expected = (scaling.window + 1, len(STEP_FEATURES))
         if forecaster.input_shape[1:] != expected:
             raise ArtifactError(

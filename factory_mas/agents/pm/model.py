@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ...artifacts import load_entry, load_joblib
-from ...forest import compile_forest
+from ...artifacts import load_entry, load_forest
+from ...errors import ArtifactError
+from ...forest import ForestClassifier, ForestRegressor
 
 AGENT_ID = "pm_agent"
 FEATURES: tuple[str, ...] = (
@@ -42,15 +42,25 @@ def features(columns: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 class PmModel:
-    def __init__(self, classifier: Any, regressor: Any, version: str) -> None:
-        self.classifier = compile_forest(classifier)
-        self.regressor = compile_forest(regressor)
+    def __init__(
+        self, classifier: ForestClassifier, regressor: ForestRegressor, version: str
+    ) -> None:
+        # The failure probability is the column of class 1 ("fails within the horizon").
+        if classifier.classes != ("0", "1"):
+            raise ArtifactError(
+                f"{AGENT_ID}: the classifier knows classes {list(classifier.classes)}, "
+                "expected ['0', '1']"
+            )
+        self.classifier = classifier
+        self.regressor = regressor
         self.version = version
 
     @classmethod
     def load(cls, models_dir: Path) -> PmModel:
         entry = load_entry(models_dir, AGENT_ID, FEATURES)
-        return cls(load_joblib(entry, "classifier"), load_joblib(entry, "regressor"), entry.version)
+        classifier, _ = load_forest(entry, "classifier", ForestClassifier)
+        regressor, _ = load_forest(entry, "regressor", ForestRegressor)
+        return cls(classifier, regressor, entry.version)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Failure probability within the horizon, and remaining useful life in hours."""

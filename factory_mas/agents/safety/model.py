@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...artifacts import load_entry, load_joblib
+from ...artifacts import load_entry, load_forest
 from ...errors import ArtifactError
-from ...forest import compile_forest
+from ...forest import ForestClassifier
 
 AGENT_ID = "safety_agent"
 FEATURES: tuple[str, ...] = (
@@ -40,21 +40,22 @@ def features(columns: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 class SafetyModel:
-    def __init__(self, classifier, version: str) -> None:
-        known = [str(c) for c in classifier.classes_]
+    def __init__(self, classifier: ForestClassifier, version: str) -> None:
+        known = list(classifier.classes)
         if sorted(known) != sorted(CLASSES):
             raise ArtifactError(
                 f"{AGENT_ID}: the classifier knows classes {known}, expected {list(CLASSES)}"
             )
-        self.classifier = compile_forest(classifier)
-        # predict_proba orders columns as classes_ (sorted); the rest of the code uses CLASSES.
+        self.classifier = classifier
+        # predict_proba orders columns as training did (sorted); the rest uses CLASSES.
         self._columns = [known.index(c) for c in CLASSES]
         self.version = version
 
     @classmethod
     def load(cls, models_dir: Path) -> SafetyModel:
         entry = load_entry(models_dir, AGENT_ID, FEATURES)
-        return cls(load_joblib(entry, "classifier"), entry.version)
+        classifier, _ = load_forest(entry, "classifier", ForestClassifier)
+        return cls(classifier, entry.version)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities per row, one column per class in CLASSES order (NONE first)."""
