@@ -7,14 +7,11 @@ hub, no HTTP, no store.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..agents import build_agents
@@ -25,6 +22,7 @@ from ..hub import Hub
 from ..inference import Inference, LatencyWindow
 from ..settings import Settings
 from ..store import Store
+from .machine import machine_facts
 
 BATCH_SIZES = (1, 64, 256, 1024)
 TELEMETRY_TARGET_RPS = 20_000
@@ -222,14 +220,6 @@ def run_inference_bench(settings: Settings, quick: bool) -> dict[str, Any]:
     return results
 
 
-def machine_facts() -> dict[str, Any]:
-    return {
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-    }
-
-
 def report(results: dict[str, Any]) -> str:
     lines = [
         f"inference bench: {results['machine']['cores']} cores, Python "
@@ -270,8 +260,3 @@ def report(results: dict[str, Any]) -> str:
     else:
         lines.append(f"energy LSTM Keras vs LiteRT: skipped ({k['skipped']})")
     return "\n".join(lines)
-
-
-def write_json(results: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8")

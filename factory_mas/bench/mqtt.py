@@ -13,7 +13,7 @@ from typing import Any
 from ..data.synthetic import FactorySimulator
 from ..errors import FactoryError
 from ..settings import Settings
-from .inference import machine_facts
+from .machine import machine_facts
 
 # -- bench --mqtt --------------------------------------------------------------------------
 #

@@ -9,8 +9,6 @@ alternate off/on so drift on a shared machine hits both sides; the figure is the
 from __future__ import annotations
 
 import asyncio
-import socket
-import tempfile
 import time
 from typing import Any
 
@@ -18,17 +16,12 @@ import msgspec
 
 from ..ingest import TELEMETRY_TOPIC
 from ..settings import Settings
-from .inference import machine_facts, telemetry_records
+from .inference import telemetry_records
+from .machine import free_port, machine_facts
+from .pipeline import bench_app, scored, wait_for
 
 SLOWDOWN_TARGET = 0.10  # with the servers on, at most 10 % slower
 _CHUNK = 500
-_TIMEOUT_S = 300.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _poll_modbus(port: int, registers: int, stop: asyncio.Event) -> int:
@@ -51,53 +44,36 @@ async def _poll_modbus(port: int, registers: int, stop: asyncio.Event) -> int:
 
 
 async def _run(settings: Settings, records: list[Any], scada_on: bool) -> dict[str, Any]:
-    from ..app import build_app
-
-    replace = msgspec.structs.replace
-    modbus_port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="factory_mas-bench-scada-") as data_dir:
-        s = replace(
-            settings,
-            data=replace(settings.data, dir=data_dir),
-            replay=replace(settings.replay, enabled=False),
-            mqtt=replace(settings.mqtt, broker=""),
-            scada=replace(
-                settings.scada,
-                enabled=scada_on,
-                host="127.0.0.1",
-                opcua_port=_free_port(),
-                modbus_port=modbus_port,
-                dnp3_port=_free_port(),
-            ),
-        )
-        app = build_app(s)
-        async with app.router.lifespan_context(app):
-            c = app.state.components
-            agents = [a for a in c.agents if a.agent_id != "ppe_agent" and a.settings.enabled]
-            problems = c.scada.problems if scada_on else []
-            stop = asyncio.Event()
-            poller = None
-            if scada_on and s.scada.modbus_enabled and not problems:
-                inputs = sum(1 for p in c.scada.points if not p.writable) * 2
-                poller = asyncio.create_task(_poll_modbus(modbus_port, inputs, stop))
-            target = min(a.counters["predictions"] for a in agents) + len(records)
-            began = time.perf_counter()
-            for start in range(0, len(records), _CHUNK):
-                await c.hub.publish(TELEMETRY_TOPIC, records[start : start + _CHUNK], "bench")
-            deadline = began + _TIMEOUT_S
-            while min(a.counters["predictions"] for a in agents) < target:
-                if time.perf_counter() > deadline:
-                    raise TimeoutError("bench --scada: the agents did not finish")
-                await asyncio.sleep(0.005)
-            elapsed = time.perf_counter() - began
-            stop.set()
-            reads = await poller if poller is not None else 0
-            return {
-                "per_s": len(records) / elapsed,
-                "servers": sorted(srv.name for srv in c.scada.servers) if scada_on else [],
-                "problems": problems,
-                "modbus_reads": reads,
-            }
+    modbus_port = free_port()
+    scada = msgspec.structs.replace(
+        settings.scada,
+        enabled=scada_on,
+        host="127.0.0.1",
+        opcua_port=free_port(),
+        modbus_port=modbus_port,
+        dnp3_port=free_port(),
+    )
+    async with bench_app(settings, scada=scada) as c:
+        problems = c.scada.problems if scada_on else []
+        stop = asyncio.Event()
+        poller = None
+        if scada_on and scada.modbus_enabled and not problems:
+            inputs = sum(1 for p in c.scada.points if not p.writable) * 2
+            poller = asyncio.create_task(_poll_modbus(modbus_port, inputs, stop))
+        target = scored(c) + len(records)
+        began = time.perf_counter()
+        for start in range(0, len(records), _CHUNK):
+            await c.hub.publish(TELEMETRY_TOPIC, records[start : start + _CHUNK], "bench")
+        await wait_for(lambda: scored(c) >= target, "the agents to score every record")
+        elapsed = time.perf_counter() - began
+        stop.set()
+        reads = await poller if poller is not None else 0
+        return {
+            "per_s": len(records) / elapsed,
+            "servers": sorted(srv.name for srv in c.scada.servers) if scada_on else [],
+            "problems": problems,
+            "modbus_reads": reads,
+        }
 
 
 def run_scada_bench(settings: Settings, quick: bool) -> dict[str, Any]:
