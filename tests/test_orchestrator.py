@@ -303,6 +303,29 @@ async def test_system_state_lists_newest_first_with_counts(settings):
     assert state["last_update"] is not None
 
 
+async def test_system_state_is_fresh_after_every_change_and_304_while_unchanged(settings):
+    async with running_app(settings) as (components, client):
+        await post_alert(client, alert(1, level="WARNING"))
+        await components.orchestrator.idle()
+        first = await client.get("/system-state")
+        tag = first.headers["etag"]
+        unchanged = await client.get("/system-state", headers={"If-None-Match": tag})
+        assert unchanged.status_code == 304 and unchanged.content == b""
+        # An operator's ack shows at once, under a new tag.
+        alarm_id = first.json()["alarms"][0]["id"]
+        acked = await client.post(f"/api/orchestrator/alarms/{alarm_id}/ack", json={"by": "alice"})
+        assert acked.status_code == 200
+        after_ack = await client.get("/system-state", headers={"If-None-Match": tag})
+        assert after_ack.status_code == 200 and after_ack.headers["etag"] != tag
+        assert after_ack.json()["alarms"][0]["state"] == "ACTIVE_ACK"
+        # So does a new alert that changes no alarm (the same alarm counted again).
+        await post_alert(client, alert(1, level="WARNING"))
+        await components.orchestrator.idle()
+        again = (await client.get("/system-state")).json()
+        assert len(again["alerts"]) == 2
+        assert again["alarms"][0]["count"] == 2
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -32,9 +32,7 @@ _EVENT_INSERT = alarm_events.insert()
 _ALERT_INSERT = alerts.insert()
 _DECISION_INSERT = decisions.insert()
 _MARK_PLANNED = (
-    alarms.update()
-    .where(alarms.c.id.in_(sa.bindparam("b_ids", expanding=True)))
-    .values(plan_pending=False)
+    alarms.update().where(alarms.c.id == sa.bindparam("b_id")).values(plan_pending=False)
 )
 
 
@@ -132,7 +130,8 @@ def plans_owed(conn: Connection) -> list[int]:
 
 def mark_planned(conn: Connection, alarm_ids: Sequence[int]) -> None:
     if alarm_ids:
-        conn.execute(_MARK_PLANNED, {"b_ids": list(alarm_ids)})
+        # An executemany: an expanding IN list is rendered afresh for every call.
+        conn.execute(_MARK_PLANNED, [{"b_id": i} for i in alarm_ids])
 
 
 def save_decision(conn: Connection, decision: Decision) -> None:

@@ -72,8 +72,13 @@ class OrchestratorRoutes:
             WebSocketRoute("/ws", self.ws),
         ]
 
-    async def system_state(self, _request: Request) -> Response:
-        return json_response(self.o.system_state())
+    async def system_state(self, request: Request) -> Response:
+        body, tag = self.o.system_state_json()
+        # A poller that sends back the tag it has gets 304 while nothing changed.
+        headers = {"ETag": tag, "Cache-Control": "no-cache"}
+        if tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, headers=headers, media_type="application/json")
 
     async def status(self, _request: Request) -> Response:
         return json_response(self.o.stats())
