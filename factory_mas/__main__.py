@@ -26,6 +26,9 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
+    # asyncua logs about a thousand INFO lines while it builds the OPC UA address space,
+    # on every start; its warnings and errors still show.
+    logging.getLogger("asyncua").setLevel(max(logging.WARNING, logging.root.level))
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -36,15 +39,20 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     uvicorn.run(
-        build_app(settings),
+        # Serving HTTP need not wait seconds for OPC UA's address space; /health tells.
+        build_app(settings, scada_in_background=True),
         host=host,
         port=port,
         log_level=settings.server.log_level,
+        access_log=settings.server.access_log,
         timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
         # Behind Railway's proxy the client address arrives in X-Forwarded-For.
         proxy_headers=True,
         # Clients only ever send a key or nothing over a WebSocket: 64 kB is plenty.
         ws_max_size=65_536,
+        # Compressing every frame once per client was a third of the server's time with a
+        # thousand dashboards open (bench --http); frames are small JSON anyway.
+        ws_per_message_deflate=False,
     )
     return 0
 
@@ -290,26 +298,15 @@ def cmd_convert(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from .bench import mqtt_report, report, run_inference_bench, run_mqtt_bench, write_json
-    from .bench.scada import run_scada_bench, scada_report
+    from . import bench
 
-    results: dict[str, Any] = {}
-    # --inference is the default; --mqtt or --scada alone run only those.
-    runs = [
-        ("inference", args.inference or not (args.mqtt or args.scada), run_inference_bench, report),
-        ("mqtt", args.mqtt, run_mqtt_bench, mqtt_report),
-        ("scada", args.scada, run_scada_bench, scada_report),
-    ]
-    for name, wanted, run, show in runs:
-        if not wanted:
-            continue
-        if results:
-            print()
-        results[name] = run(settings, quick=args.quick)
-        print(show(results[name]))
-    if args.json:
-        # One bench writes its figures as before; several write {"inference": .., ...}.
-        write_json(next(iter(results.values())) if len(results) == 1 else results, Path(args.json))
+    # The apps the bench runs in this process would log every start, stop and alarm
+    # flood between the tables; their warnings and errors still show.
+    logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    names = {section.name for section in bench.SECTIONS if getattr(args, section.name)}
+    results = bench.run(settings, bench.chosen(names), quick=args.quick)
+    if args.json != "-":
+        bench.write_json(results, Path(args.json))
         print(f"\nwritten to {args.json}")
     return 0
 
@@ -428,25 +425,24 @@ def parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="turn a Keras model into a .tflite LiteRT serves")
     convert.add_argument("keras", help="a .keras or .h5 file")
     convert.add_argument("tflite", help="where to write the .tflite")
-    bench = sub.add_parser("bench", help="measure scoring and MQTT throughput on this machine")
-    bench.add_argument(
-        "--inference",
-        action="store_true",
-        help="each agent's scoring, single and batched, and all together (the default)",
+    bench = sub.add_parser(
+        "bench",
+        help="measure this machine: the whole pipeline, HTTP, start-up and memory",
+        description="With no section named, runs process, pipeline and http. Targets are "
+        "ratios or floors measured beside their baselines in the same run.",
     )
+    from .bench import SECTIONS
+
+    for section in SECTIONS:
+        default = " (default)" if section.default else ""
+        bench.add_argument(f"--{section.name}", action="store_true", help=section.help + default)
+    bench.add_argument("--quick", action="store_true", help="short runs, about a minute each")
     bench.add_argument(
-        "--mqtt",
-        action="store_true",
-        help="broker to prediction through the app against raw publish->subscribe, on a "
-        "private mosquitto (needs the mosquitto binary)",
+        "--json",
+        default="docs/bench.json",
+        help="where to write every figure, with the machine's cores and Python (default "
+        "%(default)s; - for nowhere)",
     )
-    bench.add_argument(
-        "--scada",
-        action="store_true",
-        help="telemetry throughput with the SCADA servers on against off",
-    )
-    bench.add_argument("--quick", action="store_true", help="short runs, under a minute")
-    bench.add_argument("--json", help="also write the figures to this JSON file")
     keys = sub.add_parser(
         "keys", help="API keys: add, list, revoke (roles viewer < operator < admin)"
     )

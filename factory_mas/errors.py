@@ -1,6 +1,6 @@
 """The project's exceptions: one root, a few kinds, messages a person can act on.
 
-Foreign errors (msgspec, sqlite, joblib, ...) are converted where they enter, so callers
+Foreign errors (msgspec, sqlite, numpy files, ...) are converted where they enter, so callers
 only ever catch these.
 """
 

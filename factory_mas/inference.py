@@ -1,6 +1,6 @@
 """One shared thread pool for CPU-bound model calls, with latency figures per caller.
 
-numpy and scikit-learn release the GIL inside their kernels, so a couple of threads keep
+numpy and LiteRT release the GIL inside their kernels, so a couple of threads keep
 the event loop free while a batch is scored. Agents hand over whole batches (whatever
 queued up while the previous batch ran), which is the micro-batching: under load the
 batches grow and the per-record cost falls; when idle a record is scored alone, at once.

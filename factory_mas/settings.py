@@ -45,6 +45,9 @@ class ServerSettings(_Section):
     # uvicorn's grace for open connections on SIGTERM; the rest of the 5 s budget is ours.
     graceful_shutdown_s: Annotated[float, Meta(ge=0, le=30)] = 3.0
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 10_000_000
+    # A line per HTTP request: dashboards polling every second make it most of the log,
+    # and it costs every request. Refused requests (401, 403, 429) are logged either way.
+    access_log: bool = False
 
 
 class DataSettings(_Section):
