@@ -331,18 +331,18 @@ class HistoryWriter:
         fit = [p for p in items if isinstance(p, Prediction)]
         self.skipped += len(items) - len(fit)
         if self.sample_s > 0:
-            kept = [p for p in fit if self._worth_keeping(p)]
+            now = self._clock()
+            kept = [p for p in fit if self._worth_keeping(p, now)]
             self.sampled_out += len(fit) - len(kept)
             fit = kept
         before = len(self._pending)
         self._pending.extend(fit)  # a full deque drops its oldest
         self.dropped_pending += before + len(fit) - len(self._pending)
 
-    def _worth_keeping(self, p: Prediction) -> bool:
+    def _worth_keeping(self, p: Prediction, now: float) -> bool:
         """A historian's rule: keep every change of level, and otherwise one prediction
         per machine (or camera) and agent every `sample_s` seconds."""
         key = (p.agent_id, p.machine_id if p.machine_id is not None else p.camera_id)
-        now = self._clock()
         last = self._last_kept.get(key)
         if last is not None and last[0] == p.level and now - last[1] < self.sample_s:
             return False

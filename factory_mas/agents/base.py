@@ -376,11 +376,14 @@ class BaseAgent(abc.ABC):
     def _remember(self, predictions: list[Prediction]) -> list[Alert]:
         alerts = []
         minimum = self.settings.alert_min_level
+        self.history.extend(predictions)
+        for level, n in Counter(p.level for p in predictions).items():
+            self.counters[f"level_{level}"] += n
         for p in predictions:
-            self.history.append(p)
-            self.counters[f"level_{p.level}"] += 1
             subject = p.machine_id if p.machine_id is not None else p.camera_id or ""
             previous = self.last_levels.get(subject)
+            if previous == p.level:
+                continue  # most predictions: the same level as before is no news
             if should_alert(previous, p.level, minimum):
                 alerts.append(self.make_alert(p))
                 self.counters["alerts"] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import zoneinfo
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -77,22 +78,31 @@ class Tally(msgspec.Struct, kw_only=True):
     # machine -> (record time, kW) of its last reading, to integrate power into energy
     last_power: dict[int, tuple[float, float]] = msgspec.field(default_factory=dict)
 
-    def add(self, p: Prediction) -> None:
-        by_agent, by_level = self.predictions_by_agent, self.predictions_by_level
-        by_agent[p.agent_id] = by_agent.get(p.agent_id, 0) + 1
-        by_level[p.level] = by_level.get(p.level, 0) + 1
+    def add(self, predictions: Iterable[Prediction]) -> None:
+        # Counted with Counter's C loop: every prediction of every agent passes here.
+        predictions = list(predictions)
+        for counts, values in (
+            (self.predictions_by_agent, Counter(p.agent_id for p in predictions)),
+            (self.predictions_by_level, Counter(p.level for p in predictions)),
+        ):
+            for key, n in values.items():
+                counts[key] = counts.get(key, 0) + n
+        for p in predictions:
+            if p.agent_id == "ppe_agent":
+                self.ppe_frames += 1
+                self.ppe_compliant += bool(p.result.get("compliant"))
+            elif p.agent_id == "energy_agent" and p.machine_id is not None:
+                self._add_energy(p)
+
+    def _add_energy(self, p: Prediction) -> None:
         r = p.result
-        if p.agent_id == "ppe_agent":
-            self.ppe_frames += 1
-            self.ppe_compliant += bool(r.get("compliant"))
-        elif p.agent_id == "energy_agent" and p.machine_id is not None:
-            self.energy_anomalies += bool(r.get("is_anomaly"))
-            kw, at = float(r.get("consumption_kw", 0.0)), p.record_ts.timestamp()
-            last = self.last_power.get(p.machine_id)
-            if last is not None and 0 < at - last[0] <= MAX_READING_GAP_H * 3600:
-                # Trapezoids between consecutive readings of one machine.
-                self.energy_kwh += (kw + last[1]) / 2 * (at - last[0]) / 3600
-            self.last_power[p.machine_id] = (at, kw)
+        self.energy_anomalies += bool(r.get("is_anomaly"))
+        kw, at = float(r.get("consumption_kw", 0.0)), p.record_ts.timestamp()
+        last = self.last_power.get(p.machine_id)
+        if last is not None and 0 < at - last[0] <= MAX_READING_GAP_H * 3600:
+            # Trapezoids between consecutive readings of one machine.
+            self.energy_kwh += (kw + last[1]) / 2 * (at - last[0]) / 3600
+        self.last_power[p.machine_id] = (at, kw)
 
 
 @dataclass

@@ -199,9 +199,8 @@ class BacklogAgent:
         async for message in self._sub:
             start = self._current_shift()[0].timestamp()
             tally = self.tallies.for_shift(start)
-            for p in message.payload if isinstance(message.payload, list) else [message.payload]:
-                if isinstance(p, Prediction):
-                    tally.add(p)
+            items = message.payload if isinstance(message.payload, list) else [message.payload]
+            tally.add(p for p in items if isinstance(p, Prediction))
 
     def _current_shift(self, at: datetime | None = None) -> tuple[datetime, datetime]:
         s = self.settings

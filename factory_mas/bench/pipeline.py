@@ -382,7 +382,7 @@ async def _fixed_load(
 
 
 def run_pipeline_bench(settings: Settings, quick: bool) -> dict[str, Any]:
-    records = 20_000 if quick else 200_000
+    records = 50_000 if quick else 300_000
     limit = inference_limit(settings, 8_192 if quick else 32_768, 2.0 if quick else 8.0)
     jpegs = camera_frames(8)
     e2e = asyncio.run(_end_to_end(settings, json_batches(raw_records(records)), jpegs))

@@ -66,13 +66,28 @@ def normalise_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
     """
     if _CANONICAL.issuperset(obj):  # the common case costs one set check
         return dict(obj)
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
+    # A gateway sends the same keys in every record: their names are worked out once.
+    keys = tuple(obj)
+    names = _NAMES_OF_KEYS.get(keys)
+    if names is None:
+        names = _names_of(keys)
+        if len(_NAMES_OF_KEYS) < _NAMES_OF_KEYS_MAX:
+            _NAMES_OF_KEYS[keys] = names
+    return dict(zip(names, obj.values(), strict=True))
+
+
+_NAMES_OF_KEYS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_NAMES_OF_KEYS_MAX = 256
+
+
+def _names_of(keys: tuple[Any, ...]) -> tuple[Any, ...]:
+    names: list[Any] = []
+    for key in keys:
         name = _ALIASES.get(key.lower(), key) if isinstance(key, str) else key
-        if name in out:
+        if name in names:
             raise RecordError("given twice under different names", field=name)
-        out[name] = value
-    return out
+        names.append(name)
+    return tuple(names)
 
 
 def parse_record(obj: Any) -> TelemetryRecord:
