@@ -73,7 +73,7 @@ class HttpSizes:
     ws_records_per_s: float = 50.0
     ws_batch: int = 50
     ws_settle_s: float = 15.0  # after the last record is scored, for the last frames to land
-    # Clients offer permessage-deflate, as browsers do; uvicorn accepts it by default.
+    # Clients offer permessage-deflate, as browsers do (the server declines it).
     ws_deflate: bool = True
 
 
@@ -371,20 +371,12 @@ def listening_socket() -> socket.socket:
 def uvicorn_server(app: Any, settings: Settings) -> Any:
     import uvicorn
 
-    return uvicorn.Server(
-        uvicorn.Config(
-            app,
-            # As `serve` runs it, but without the access log: a log line per request would
-            # be measured too. Everything else is uvicorn's defaults (httptools, the
-            # websockets protocol with permessage-deflate), as in production.
-            log_level="warning",
-            access_log=False,
-            log_config=None,
-            proxy_headers=True,
-            ws_max_size=65_536,
-            timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
-        )
-    )
+    from ..server import uvicorn_options
+
+    # As `serve` runs it, but quieter and without the access log: a log line per request
+    # would be measured too.
+    options = {**uvicorn_options(settings), "log_level": "warning", "access_log": False}
+    return uvicorn.Server(uvicorn.Config(app, **options))
 
 
 @contextlib.asynccontextmanager
