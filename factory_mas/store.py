@@ -1,11 +1,13 @@
 """Persistence behind one small interface: SQLite in WAL mode by default.
 
-SQLAlchemy Core keeps the SQL portable so a PostgreSQL URL can back the same interface.
-All database work runs on one dedicated thread: SQLite has a single writer anyway, and the
-event loop and the inference pool never wait on disk.
+SQLAlchemy Core keeps the SQL portable, and a PostgreSQL URL (DATABASE_URL) backs the same
+interface where instances share state. All database work runs on one dedicated thread:
+SQLite has a single writer anyway, and the event loop and the inference pool never wait on
+disk.
 
 Schema changes are numbered migrations applied in order at start-up; the applied version is
 kept in `schema_version`, so an old database is brought forward and a newer one is refused.
+They run in one transaction under a lock, so processes starting together migrate once.
 The Table objects below are the current shape; a migration that creates a table which
 later changes must then spell out the old shape itself.
 
@@ -26,18 +28,41 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StoreError
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 metadata = sa.MetaData()
+
+
+def _id() -> sa.types.TypeEngine[int]:
+    """Row ids: BIGSERIAL on PostgreSQL, INTEGER on SQLite.
+
+    The journal and the history take thousands of rows a second, and a 32-bit sequence
+    would run out within weeks. SQLite's INTEGER is 64-bit already, and must stay spelled
+    INTEGER to be the rowid that AUTOINCREMENT needs."""
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _text(length: int) -> sa.types.TypeEngine[str]:
+    """VARCHAR(length) on SQLite, unbounded TEXT on PostgreSQL.
+
+    SQLite never enforced these lengths and the code relies on that: PostgreSQL would turn
+    one over-long MQTT topic or alarm list into a failed transaction, losing the batch it
+    was in. The length stays as a statement of what is expected."""
+    return sa.String(length).with_variant(sa.Text(), "postgresql")
+
 
 schema_version = sa.Table(
     "schema_version",
@@ -49,7 +74,7 @@ schema_version = sa.Table(
 checkpoints = sa.Table(
     "checkpoints",
     metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("name", _text(200), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
@@ -58,9 +83,9 @@ checkpoints = sa.Table(
 inbox = sa.Table(
     "inbox",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("topic", sa.String(500), nullable=False),
-    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("seq", _id(), primary_key=True),
+    sa.Column("topic", _text(500), nullable=False),
+    sa.Column("source", _text(200), nullable=False),
     sa.Column("received_at", sa.Float, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
     # Without AUTOINCREMENT SQLite reuses the numbers of deleted rows, and an agent whose
@@ -76,16 +101,16 @@ inbox = sa.Table(
 alarms = sa.Table(
     "alarms",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("source", sa.String(200), nullable=False),
-    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("id", _id(), primary_key=True),
+    sa.Column("source", _text(200), nullable=False),
+    sa.Column("type", _text(200), nullable=False),
     # "machine:12", "camera:cam-1" or "": the third part of the alarm key, never NULL so
     # the unique index below also holds for alarms about neither.
-    sa.Column("subject", sa.String(300), nullable=False),
+    sa.Column("subject", _text(300), nullable=False),
     sa.Column("machine_id", sa.Integer),
-    sa.Column("state", sa.String(20), nullable=False),
-    sa.Column("level", sa.String(20), nullable=False),
-    sa.Column("highest_level", sa.String(20), nullable=False),
+    sa.Column("state", _text(20), nullable=False),
+    sa.Column("level", _text(20), nullable=False),
+    sa.Column("highest_level", _text(20), nullable=False),
     sa.Column("first_seen", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
     # True until the alarm is cleared and acknowledged: at most one open alarm per key.
@@ -110,11 +135,11 @@ sa.Index("alarms_last_seen", alarms.c.last_seen)
 alarm_events = sa.Table(
     "alarm_events",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("alarm_id", sa.Integer, sa.ForeignKey("alarms.id"), nullable=False, index=True),
+    sa.Column("id", _id(), primary_key=True),
+    sa.Column("alarm_id", _id(), sa.ForeignKey("alarms.id"), nullable=False, index=True),
     sa.Column("at", sa.Float, nullable=False),
-    sa.Column("kind", sa.String(40), nullable=False),
-    sa.Column("by", sa.String(200), nullable=False),
+    sa.Column("kind", _text(40), nullable=False),
+    sa.Column("by", _text(200), nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
@@ -122,8 +147,8 @@ alarm_events = sa.Table(
 alerts = sa.Table(
     "alerts",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("id", sa.String(64), nullable=False),
+    sa.Column("seq", _id(), primary_key=True),
+    sa.Column("id", _text(64), nullable=False),
     sa.Column("received_at", sa.Float, nullable=False, index=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
@@ -132,11 +157,11 @@ alerts = sa.Table(
 decisions = sa.Table(
     "decisions",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("seq", _id(), primary_key=True),
+    sa.Column("id", _text(64), nullable=False, unique=True),
     sa.Column("at", sa.Float, nullable=False, index=True),
     sa.Column("machine_id", sa.Integer),
-    sa.Column("level", sa.String(20), nullable=False),
+    sa.Column("level", _text(20), nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
@@ -144,31 +169,31 @@ decisions = sa.Table(
 sms_outbox = sa.Table(
     "sms_outbox",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("decision_id", sa.String(64)),  # NULL for a digest
-    sa.Column("alarm_ids", sa.String(2000), nullable=False),  # JSON list
+    sa.Column("id", _id(), primary_key=True),
+    sa.Column("decision_id", _text(64)),  # NULL for a digest
+    sa.Column("alarm_ids", _text(2000), nullable=False),  # JSON list
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
     # queued -> sent | held (rate limit) -> digested | cooldown | not_configured | failed
-    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("status", _text(20), nullable=False, index=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", sa.Float, nullable=False),
     sa.Column("sent_at", sa.Float, index=True),
-    sa.Column("provider_id", sa.String(100)),
+    sa.Column("provider_id", _text(100)),
     sa.Column("error", sa.Text),
-    sa.Column("digest_id", sa.Integer),
+    sa.Column("digest_id", _id()),
     sqlite_autoincrement=True,
 )
 
 predictions = sa.Table(
     "predictions",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("agent_id", sa.String(100), nullable=False),
+    sa.Column("seq", _id(), primary_key=True),
+    sa.Column("agent_id", _text(100), nullable=False),
     sa.Column("machine_id", sa.Integer),
-    sa.Column("camera_id", sa.String(200)),
+    sa.Column("camera_id", _text(200)),
     sa.Column("record_ts", sa.Float, nullable=False),
-    sa.Column("level", sa.String(20), nullable=False),
+    sa.Column("level", _text(20), nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
@@ -183,8 +208,8 @@ sa.Index("predictions_agent_seq", predictions.c.agent_id, predictions.c.seq)
 mqtt_outbox = sa.Table(
     "mqtt_outbox",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("topic", sa.String(500), nullable=False),
+    sa.Column("seq", _id(), primary_key=True),
+    sa.Column("topic", _text(500), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
@@ -193,11 +218,11 @@ mqtt_outbox = sa.Table(
 config_changes = sa.Table(
     "config_changes",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("id", _id(), primary_key=True),
     sa.Column("at", sa.Float, nullable=False, index=True),
-    sa.Column("target", sa.String(100), nullable=False),  # an agent id
-    sa.Column("origin", sa.String(200), nullable=False),  # mqtt, http, scada:modbus, ...
-    sa.Column("by", sa.String(200), nullable=False),
+    sa.Column("target", _text(100), nullable=False),  # an agent id
+    sa.Column("origin", _text(200), nullable=False),  # mqtt, http, scada:modbus, ...
+    sa.Column("by", _text(200), nullable=False),
     sa.Column("accepted", sa.Boolean, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),  # the request and the result, JSON
     sqlite_autoincrement=True,
@@ -209,13 +234,13 @@ config_changes = sa.Table(
 shift_summaries = sa.Table(
     "shift_summaries",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("id", _id(), primary_key=True),
     sa.Column("shift_start", sa.Float, nullable=False),
     sa.Column("shift_end", sa.Float, nullable=False),
     # An on-demand summary of a shift in progress is kept too, but only one final one.
     sa.Column("partial", sa.Boolean, nullable=False),
     sa.Column("generated_at", sa.Float, nullable=False),
-    sa.Column("generator", sa.String(200), nullable=False),
+    sa.Column("generator", _text(200), nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
@@ -233,15 +258,15 @@ sa.Index(
 api_keys = sa.Table(
     "api_keys",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("id", _id(), primary_key=True),
+    sa.Column("name", _text(200), nullable=False),
+    sa.Column("role", _text(20), nullable=False),
     # SHA-256 of the key: keys are long random tokens, so a plain hash is enough, and the
     # key itself is never stored. `prefix` (the first characters) identifies it in lists.
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("key_hash", _text(64), nullable=False, unique=True),
+    sa.Column("prefix", _text(16), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_by", _text(200), nullable=False),
     sa.Column("revoked_at", sa.Float),
     sa.Column("last_used_at", sa.Float),
     sqlite_autoincrement=True,
@@ -284,11 +309,23 @@ MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 _INBOX_INSERT = inbox.insert()
 _CHECKPOINT_UPDATE = checkpoints.update().where(checkpoints.c.name == sa.bindparam("b_name"))
 _CHECKPOINT_INSERT = checkpoints.insert()
+_pg_checkpoint = postgresql.insert(checkpoints)
+_CHECKPOINT_UPSERT_PG = _pg_checkpoint.on_conflict_do_update(
+    index_elements=[checkpoints.c.name],
+    set_={"data": _pg_checkpoint.excluded.data, "updated_at": _pg_checkpoint.excluded.updated_at},
+)
 
 
 def put_checkpoint(conn: Connection, name: str, data: bytes) -> None:
-    """Save a checkpoint inside the caller's transaction (an upsert both backends take)."""
+    """Save a checkpoint inside the caller's transaction (an upsert)."""
     now = time.time()
+    if conn.dialect.name == "postgresql":
+        # Instances sharing the database could both miss the update below and collide on
+        # the insert; ON CONFLICT settles it in one statement.
+        conn.execute(_CHECKPOINT_UPSERT_PG, {"name": name, "data": data, "updated_at": now})
+        return
+    # SQLite: the update takes the database's one write lock, so nobody can insert the
+    # row between the two statements.
     updated = conn.execute(
         _CHECKPOINT_UPDATE, {"b_name": name, "data": data, "updated_at": now}
     ).rowcount
@@ -304,17 +341,80 @@ def audit_change(
     conn.execute(
         config_changes.insert().values(
             at=at,
-            target=target[:100],
-            origin=origin[:200],
-            by=by[:200],
+            target=_storable(target)[:100],
+            origin=_storable(origin)[:200],
+            by=_storable(by)[:200],
             accepted=accepted,
             data=data,
         )
     )
 
 
+def _storable(text: str) -> str:
+    # PostgreSQL refuses NUL in text, SQLite keeps it: a "by" sent over MQTT as "a\u0000b"
+    # must not fail the audit row on one backend only.
+    return text.replace("\x00", "")
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
+
+
+POSTGRES_DRIVER = "postgresql+psycopg"
+
+
+def database_url(url: str) -> str:
+    """The SQLAlchemy URL of a configured database URL.
+
+    postgres:// (Heroku, Railway) and postgresql:// get the psycopg 3 driver, which
+    SQLAlchemy would otherwise not pick (it defaults to psycopg2); anything else is kept.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):
+        return f"{POSTGRES_DRIVER}://{rest}"
+    return url
+
+
+# The key of the advisory lock migrations run under: a constant no other application on
+# the database is likely to use ("factorym" in ASCII).
+MIGRATION_LOCK_KEY = 0x666163746F72796D
+# Short enough that a wrong host fails the start, long enough for a managed database
+# waking up.
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def _create_engine(url: sa.URL) -> Engine:
+    if url.get_backend_name() == "postgresql":
+        return sa.create_engine(
+            url,
+            # Only the store's one thread uses this engine, one connection at a time; the
+            # overflow is there so that a nested use costs a connection, not a 30 s wait.
+            pool_size=1,
+            max_overflow=2,
+            # Managed databases and their proxies close idle connections, and a restarted
+            # server closes them all: a stale one is replaced instead of failing a call.
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "application_name": "factory_mas",
+            },
+        )
+    engine = sa.create_engine(url)
+    if url.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Serialize migrations between processes that start at once: the second one waits
+    for the first to commit, then finds nothing left to do."""
+    if conn.dialect.name == "postgresql":
+        # Released with the migration's transaction, even if the process dies in it.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        # Python's sqlite3 opens no transaction for CREATE TABLE by itself: this makes
+        # the migration atomic and takes the write lock before the version is read.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class _Worker:
@@ -373,7 +473,7 @@ class Store:
     """Open with `async with Store(url) as store:`; every method is a coroutine."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = database_url(url)
         self._engine: Engine | None = None
         self._worker = _Worker("store")
         self.version = 0
@@ -381,6 +481,14 @@ class Store:
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> Store:
         return cls(sqlite_url(data_dir / "factory.db"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The configured database: `[data] database_url` (env DATABASE_URL) when set,
+        else factory.db in the data folder."""
+        if settings.data.database_url:
+            return cls(settings.data.database_url)
+        return cls.in_data_dir(settings.data_dir)
 
     async def __aenter__(self) -> Store:
         try:
@@ -405,10 +513,21 @@ class Store:
     @property
     def safe_url(self) -> str:
         """The URL without its password, for logs and /status."""
-        return sa.make_url(self.url).render_as_string(hide_password=True)
+        try:
+            return sa.make_url(self.url).render_as_string(hide_password=True)
+        except (sa.exc.ArgumentError, ValueError):
+            # Never echo a URL that does not parse: where its password is is unknown.
+            scheme, sep, _ = self.url.partition("://")
+            return f"{scheme}://(a URL that does not parse)" if sep else "(not a URL)"
 
     def _open(self) -> None:
-        url = sa.make_url(self.url)
+        try:
+            url = sa.make_url(self.url)
+        except (sa.exc.ArgumentError, ValueError):
+            raise StoreError(
+                f"database URL {self.safe_url}: expected postgresql://user:password@host:port"
+                "/database or sqlite:///path/to/file.db"
+            ) from None
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             try:
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -416,15 +535,19 @@ class Store:
                 raise StoreError(
                     f"cannot create the data folder for {url.database}: {exc}"
                 ) from exc
-        engine = sa.create_engine(url)
-        if url.get_backend_name() == "sqlite":
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-        self._engine = engine
+        try:
+            self._engine = _create_engine(url)
+        except ImportError as exc:
+            raise StoreError(
+                f"database {self.safe_url}: its driver is not installed ({exc}); for "
+                "PostgreSQL: pip install 'psycopg[binary]'"
+            ) from exc
         self._migrate()
 
     def _migrate(self) -> None:
         assert self._engine is not None
         with self._engine.begin() as conn:
+            _lock_schema(conn)
             have = 0
             if sa.inspect(conn).has_table("schema_version"):
                 have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0

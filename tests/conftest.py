@@ -23,6 +23,9 @@ from factory_mas.inference import Inference
 from factory_mas.settings import Settings, load_settings
 from factory_mas.store import Store
 
+# The PostgreSQL server and a fresh database per test (tests/postgres.py).
+from .postgres import postgres, postgres_url  # noqa: F401 - fixtures
+
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
 

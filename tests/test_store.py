@@ -1,164 +1,338 @@
-"""The persistent store: a real SQLite file in WAL mode, checkpoints, schema versions."""
+"""The persistent store on both backends: a real SQLite file in WAL mode and a real
+PostgreSQL database (tests/postgres.py). Checkpoints, the journal, schema versions and
+migrations behave the same on both; the few tests about one backend say so in their name."""
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
+import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from factory_mas.errors import FactoryError, StoreError
-from factory_mas.store import MIGRATIONS, Store
+from factory_mas.store import (
+    MIGRATIONS,
+    Store,
+    alarms,
+    audit_change,
+    checkpoints,
+    config_changes,
+    database_url,
+    inbox,
+    schema_version,
+    sms_outbox,
+    sqlite_url,
+)
 
 
-def sql(db: Path, query: str, *args) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(query, args).fetchall()
-    finally:
-        con.close()
+@dataclass
+class Database:
+    """One empty database of either backend, and a way to look into it behind the
+    store's back."""
+
+    backend: str
+    url: str
+    name: str  # what an error message about it names: the file or the database
+
+    def store(self) -> Store:
+        return Store(self.url)
+
+    def sql(self, query: str, **params: Any) -> list[tuple]:
+        engine = sa.create_engine(database_url(self.url))
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(sa.text(query), params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def run(self, fn: Any) -> None:
+        """Run fn(conn) in a transaction of a connection of our own."""
+        engine = sa.create_engine(database_url(self.url))
+        try:
+            with engine.begin() as conn:
+                fn(conn)
+        finally:
+            engine.dispose()
 
 
-async def test_in_data_dir_creates_factory_db_in_wal_mode(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "sqlite":
+        return Database("sqlite", sqlite_url(tmp_path / "factory.db"), "factory.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return Database("postgresql", url, sa.make_url(url).database or "")
+
+
+# -- SQLite files ------------------------------------------------------------------------
+
+
+async def test_sqlite_in_data_dir_creates_factory_db_in_wal_mode(tmp_path: Path) -> None:
     async with Store.in_data_dir(tmp_path) as store:
         assert await store.ping() is True
-    db = tmp_path / "factory.db"
-    assert db.is_file()
-    assert sql(db, "PRAGMA journal_mode") == [("wal",)]
+    db = Database("sqlite", sqlite_url(tmp_path / "factory.db"), "factory.db")
+    assert (tmp_path / "factory.db").is_file()
+    assert db.sql("PRAGMA journal_mode") == [("wal",)]
 
 
-async def test_in_data_dir_creates_a_missing_folder(tmp_path: Path) -> None:
+async def test_sqlite_in_data_dir_creates_a_missing_folder(tmp_path: Path) -> None:
     data_dir = tmp_path / "state" / "nested"
     async with Store.in_data_dir(data_dir) as store:
         await store.save_checkpoint("pm_agent", b"x")
     assert (data_dir / "factory.db").is_file()
 
 
-async def test_checkpoint_round_trip(tmp_path: Path) -> None:
+# -- checkpoints -------------------------------------------------------------------------
+
+
+async def test_checkpoint_round_trip(db: Database) -> None:
     blob = bytes(range(256)) * 40  # binary, with NUL bytes, ~10 kB
-    async with Store.in_data_dir(tmp_path) as store:
+    async with db.store() as store:
         await store.save_checkpoint("pm_agent", blob)
-        assert await store.load_checkpoint("pm_agent") == blob
+        loaded = await store.load_checkpoint("pm_agent")
+    assert loaded == blob and type(loaded) is bytes
 
 
-async def test_checkpoint_overwrite_keeps_one_row(tmp_path: Path) -> None:
-    async with Store.in_data_dir(tmp_path) as store:
+async def test_checkpoint_overwrite_keeps_one_row(db: Database) -> None:
+    async with db.store() as store:
         await store.save_checkpoint("pm_agent", b"first")
         await store.save_checkpoint("energy_agent", b"other")
         await store.save_checkpoint("pm_agent", b"second")
         assert await store.load_checkpoint("pm_agent") == b"second"
         assert await store.load_checkpoint("energy_agent") == b"other"
-    assert sql(
-        tmp_path / "factory.db", "SELECT count(*) FROM checkpoints WHERE name = ?", "pm_agent"
-    ) == [(1,)]
+    assert db.sql("SELECT count(*) FROM checkpoints WHERE name = :n", n="pm_agent") == [(1,)]
 
 
-async def test_missing_checkpoint_is_none_and_empty_is_not_missing(tmp_path: Path) -> None:
-    async with Store.in_data_dir(tmp_path) as store:
+async def test_missing_checkpoint_is_none_and_empty_is_not_missing(db: Database) -> None:
+    async with db.store() as store:
         assert await store.load_checkpoint("never_saved") is None
         await store.save_checkpoint("empty", b"")
         assert await store.load_checkpoint("empty") == b""
 
 
-async def test_data_survives_reopening(tmp_path: Path) -> None:
-    async with Store.in_data_dir(tmp_path) as store:
+async def test_two_stores_saving_the_same_new_checkpoints_at_once(db: Database) -> None:
+    # Two instances sharing a database: both may find no row and both insert it.
+    names = [f"agent-{i}" for i in range(20)]
+    async with db.store() as one, db.store() as two:
+        await asyncio.gather(*(s.save_checkpoint(n, n.encode()) for n in names for s in (one, two)))
+        for name in names:
+            assert await one.load_checkpoint(name) == name.encode()
+    assert db.sql("SELECT count(*) FROM checkpoints") == [(len(names),)]
+
+
+async def test_data_survives_reopening(db: Database) -> None:
+    async with db.store() as store:
         await store.save_checkpoint("pm_agent", b"state-1")
-    async with Store.in_data_dir(tmp_path) as store:
+    async with db.store() as store:
         assert await store.load_checkpoint("pm_agent") == b"state-1"
         await store.save_checkpoint("pm_agent", b"state-2")
-    async with Store.in_data_dir(tmp_path) as store:
+    async with db.store() as store:
         assert await store.load_checkpoint("pm_agent") == b"state-2"
 
 
-async def test_schema_version_recorded_once_and_not_reapplied(tmp_path: Path) -> None:
-    db = tmp_path / "factory.db"
-    async with Store.in_data_dir(tmp_path) as store:
+# -- the journal -------------------------------------------------------------------------
+
+
+async def test_journal_numbers_grow_and_are_never_reused_after_a_prune(db: Database) -> None:
+    async with db.store() as store:
+        seqs = [
+            await store.inbox_append("sensors/factory/data", "http", b"%d" % i) for i in range(3)
+        ]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3
+        assert [(s, d) for s, _, d in await store.inbox_after(seqs[0])] == [
+            (seqs[1], b"1"),
+            (seqs[2], b"2"),
+        ]
+        assert await store.inbox_prune(seqs[-1]) == 3
+        assert await store.inbox_size() == 0
+    async with db.store() as store:
+        after = await store.inbox_append("sensors/factory/data", "http", b"new")
+        assert after > seqs[-1]
+        assert await store.inbox_after(0) == [(after, "sensors/factory/data", b"new")]
+
+
+async def test_row_ids_are_64_bit(db: Database) -> None:
+    # The journal outgrows 2**31 rows in weeks at a few thousand records a second.
+    big = 2**40
+    async with db.store() as store:
+        await store.inbox_append("t", "s", b"first")
+    row = {"seq": big, "topic": "t", "source": "s", "received_at": 0.0, "data": b""}
+    db.run(lambda conn: conn.execute(inbox.insert().values(**row)))
+    if db.backend == "postgresql":  # an explicit id does not move the sequence along
+        db.sql("SELECT setval(pg_get_serial_sequence('inbox', 'seq'), :v)", v=big)
+    async with db.store() as store:
+        assert await store.inbox_append("t", "s", b"next") == big + 1
+
+
+async def test_long_text_is_kept_and_nul_dropped_alike_on_both(db: Database) -> None:
+    # SQLite does not enforce VARCHAR lengths; PostgreSQL would, and fail the whole batch.
+    topic = "sensors/factory/data/" + "x" * 600
+    alarm_ids = "[" + ",".join(str(i) for i in range(1000, 2000)) + "]"  # ~5 kB
+    async with db.store() as store:
+        seq = await store.inbox_append(topic, "mqtt", b"{}")
+        assert (await store.inbox_after(seq - 1))[0][1] == topic
+
+        def write(conn: sa.Connection) -> None:
+            who = {"target": "pm_agent", "origin": "mqtt", "by": "a\x00b"}
+            audit_change(conn, at=1.0, accepted=True, data=b"{}", **who)
+            texts = {"created_at": 0.0, "body": "b", "status": "queued", "next_attempt_at": 0.0}
+            conn.execute(sms_outbox.insert().values(alarm_ids=alarm_ids, attempts=0, **texts))
+
+        await store.write(write)
+        by, ids = await store.read(
+            lambda conn: (
+                conn.execute(sa.select(config_changes.c.by)).scalar(),
+                conn.execute(sa.select(sms_outbox.c.alarm_ids)).scalar(),
+            )
+        )
+    assert by == "ab"  # PostgreSQL text cannot hold NUL: dropped on both
+    assert ids == alarm_ids
+
+
+# -- schema versions and migrations ------------------------------------------------------
+
+
+async def test_schema_version_recorded_once_and_not_reapplied(db: Database) -> None:
+    versions = [(n,) for n in range(1, len(MIGRATIONS) + 1)]
+    async with db.store() as store:
         assert store.version == len(MIGRATIONS)
         await store.save_checkpoint("pm_agent", b"keep me")
-    assert sql(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (n,) for n in range(1, len(MIGRATIONS) + 1)
-    ]
+    assert db.sql("SELECT version FROM schema_version ORDER BY version") == versions
 
     for _ in range(2):
-        async with Store.in_data_dir(tmp_path) as store:
+        async with db.store() as store:
             assert store.version == len(MIGRATIONS)
             assert await store.load_checkpoint("pm_agent") == b"keep me"
-    assert sql(db, "SELECT version FROM schema_version ORDER BY version") == [
-        (n,) for n in range(1, len(MIGRATIONS) + 1)
+    assert db.sql("SELECT version FROM schema_version ORDER BY version") == versions
+
+
+async def test_stores_starting_at_once_migrate_once(db: Database) -> None:
+    # Instances started together (ingest and control roles, a rolling deploy): each
+    # store has its own thread and connection, so the migrations really overlap.
+    stores = [db.store() for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.__aenter__() for s in stores))
+        assert {s.version for s in stores} == {len(MIGRATIONS)}
+    finally:
+        for s in stores:
+            await s.__aexit__()
+    assert db.sql("SELECT version, count(*) FROM schema_version GROUP BY version ORDER BY 1") == [
+        (n, 1) for n in range(1, len(MIGRATIONS) + 1)
     ]
 
 
-async def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "factory.db"
-    async with Store.in_data_dir(tmp_path) as store:
+async def test_newer_schema_version_is_refused(db: Database) -> None:
+    async with db.store() as store:
         await store.save_checkpoint("pm_agent", b"from the future")
     newer = len(MIGRATIONS) + 1
-    con = sqlite3.connect(db)
-    con.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (newer,))
-    con.commit()
-    con.close()
+    db.sql("INSERT INTO schema_version (version, applied_at) VALUES (:v, 0)", v=newer)
 
     with pytest.raises(StoreError) as info:
-        async with Store.in_data_dir(tmp_path):
+        async with db.store():
             pass
     assert isinstance(info.value, FactoryError)
     message = str(info.value)
     assert str(newer) in message
-    assert "factory.db" in message
+    assert db.name in message
+    password = sa.make_url(db.url).password
+    assert not password or password not in message
     # the refused database is left as it was
-    assert sql(db, "SELECT max(version), count(*) FROM schema_version") == [
+    assert db.sql("SELECT max(version), count(*) FROM schema_version") == [
         (newer, len(MIGRATIONS) + 1)
     ]
-    assert sql(db, "SELECT data FROM checkpoints WHERE name = 'pm_agent'") == [
-        (b"from the future",)
-    ]
+    assert db.sql("SELECT data FROM checkpoints WHERE name = 'pm_agent'") == [(b"from the future",)]
 
 
-async def test_ping_after_close_reports_false(tmp_path: Path) -> None:
-    store = Store.in_data_dir(tmp_path)
+async def test_ping_after_close_reports_false(db: Database) -> None:
+    store = db.store()
     async with store:
         assert await store.ping() is True
     assert await store.ping() is False
 
 
-async def test_a_version_2_database_is_brought_forward_keeping_its_data(tmp_path: Path) -> None:
-    import sqlalchemy as sa
-
-    from factory_mas.store import schema_version, sqlite_url
-
-    db = tmp_path / "factory.db"
-    engine = sa.create_engine(sqlite_url(db))
-    with engine.begin() as conn:  # what factory_mas with two migrations left behind
+async def test_a_version_2_database_is_brought_forward_keeping_its_data(db: Database) -> None:
+    def version_2(conn: sa.Connection) -> None:  # what factory_mas with two migrations left
         for number, migrate in enumerate(MIGRATIONS[:2], start=1):
             migrate(conn)
             conn.execute(schema_version.insert().values(version=number, applied_at=0))
-        conn.execute(sa.text("INSERT INTO checkpoints VALUES ('pm_agent', x'01', 0)"))
-        conn.execute(
-            sa.text(
-                "INSERT INTO inbox (topic, source, received_at, data) VALUES ('t', 's', 0, x'02')"
-            )
-        )
-    engine.dispose()
+        conn.execute(checkpoints.insert().values(name="pm_agent", data=b"\x01", updated_at=0))
+        conn.execute(inbox.insert().values(topic="t", source="s", received_at=0, data=b"\x02"))
 
-    async with Store.in_data_dir(tmp_path) as store:
+    db.run(version_2)
+    async with db.store() as store:
         assert store.version == len(MIGRATIONS) >= 3
         assert await store.load_checkpoint("pm_agent") == b"\x01"
         assert [seq for seq, _, _ in await store.inbox_after(0)] == [1]
 
-    def alarm(open_: int) -> tuple:
-        return ("plc", "FIRE_RISK", "machine:7", "ACTIVE_UNACK", "CRITICAL", "CRITICAL", open_)
+    def alarm(is_open: bool) -> dict[str, Any]:
+        return {
+            "source": "plc", "type": "FIRE_RISK", "subject": "machine:7",
+            "state": "ACTIVE_UNACK", "level": "CRITICAL", "highest_level": "CRITICAL",
+            "first_seen": 0.0, "last_seen": 0.0, "open": is_open, "plan_pending": False,
+            "data": b"",
+        }  # fmt: skip
 
-    insert = (
-        "INSERT INTO alarms (source, type, subject, state, level, highest_level, first_seen,"
-        " last_seen, open, plan_pending, data) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, 0, x'')"
-    )
-    con = sqlite3.connect(db)
-    try:
-        con.execute(insert, alarm(0))
-        con.execute(insert, alarm(0))  # closed alarms of one key: as many as there were
-        con.execute(insert, alarm(1))
-        # ... but only one open alarm per key, whatever the code above it does.
-        with pytest.raises(sqlite3.IntegrityError):
-            con.execute(insert, alarm(1))
-    finally:
-        con.close()
+    def insert(*rows: dict[str, Any]) -> None:
+        db.run(lambda conn: [conn.execute(alarms.insert().values(**row)) for row in rows])
+
+    # Closed alarms of one key: as many as there were...
+    insert(alarm(False), alarm(False), alarm(True))
+    # ... but only one open alarm per key, whatever the code above it does.
+    with pytest.raises(sa.exc.IntegrityError):
+        insert(alarm(True))
+    assert db.sql("SELECT count(*) FROM alarms") == [(3,)]
+
+
+# -- URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgres://u:p@db.example:5432/f", "postgresql+psycopg://u:p@db.example:5432/f"),
+        ("postgresql://u:p@db.example/f?sslmode=require", "postgresql+psycopg://u:p@db.example/f?sslmode=require"),
+        ("postgresql+psycopg://u@h/f", "postgresql+psycopg://u@h/f"),
+        ("sqlite:////var/lib/factory/factory.db", "sqlite:////var/lib/factory/factory.db"),
+    ],
+)  # fmt: skip
+def test_database_urls_get_the_psycopg_driver(given: str, used: str) -> None:
+    assert database_url(given) == used
+    assert Store(given).url == used
+
+
+def test_safe_url_hides_the_password() -> None:
+    store = Store("postgres://factory:s3cret-pw@db.example:5432/factory")
+    assert store.safe_url == "postgresql+psycopg://factory:***@db.example:5432/factory"
+    for garbled in ("postgres://factory:s3cret-pw@db.example:notaport/x", "factory:s3cret@db"):
+        assert "s3cret" not in Store(garbled).safe_url
+
+
+async def test_postgres_url_as_heroku_gives_it(postgres_url: str) -> None:
+    heroku = "postgres://" + postgres_url.partition("://")[2]
+    async with Store(heroku) as store:
+        await store.save_checkpoint("pm_agent", b"x")
+        assert await store.ping() is True
+        assert store.url.startswith("postgresql+psycopg://")
+
+
+async def test_unreachable_postgres_fails_clearly_without_the_password() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StoreError) as info:
+        async with Store(f"postgres://factory:s3cret-pw@127.0.0.1:{port}/factory"):
+            pass
+    message = str(info.value)
+    assert "s3cret" not in message
+    assert f"127.0.0.1:{port}" in message and "***" in message
+
+
+async def test_a_url_that_does_not_parse_fails_clearly_without_the_password() -> None:
+    with pytest.raises(StoreError, match="expected postgresql://") as info:
+        async with Store("postgres://factory:s3cret-pw@db.example:notaport/factory"):
+            pass
+    assert "s3cret" not in str(info.value)

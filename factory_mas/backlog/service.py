@@ -150,9 +150,13 @@ class BacklogAgent:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         self.scheduler = AsyncIOScheduler(timezone=zoneinfo.ZoneInfo(self.settings.timezone))
-        self.scheduler.add_jobstore(
-            SQLAlchemyJobStore(url=self.store.url, tablename="apscheduler_jobs"), "default"
+        jobstore = SQLAlchemyJobStore(
+            url=self.store.url,
+            tablename="apscheduler_jobs",
+            # Managed PostgreSQL closes idle connections, and this one idles for hours.
+            engine_options={"pool_pre_ping": True},
         )
+        self.scheduler.add_jobstore(jobstore, "default")
         self.scheduler.start()
         self.scheduler.add_job(
             "factory_mas.backlog.service:run_scheduled",
