@@ -17,15 +17,16 @@ import msgspec
 
 from . import __version__
 from .errors import FactoryError, SettingsError
+from .logs import formatter
 from .settings import ReplaySettings, Settings, load_settings
 
 log = logging.getLogger("factory_mas")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # asyncua logs about a thousand INFO lines while it builds the OPC UA address space,
     # on every start; its warnings and errors still show.
     logging.getLogger("asyncua").setLevel(max(logging.WARNING, logging.root.level))
@@ -35,6 +36,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import build_app
+    from .server import uvicorn_options
 
     host = args.host or settings.server.host
     port = args.port or settings.server.port
@@ -43,16 +45,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         build_app(settings, scada_in_background=True),
         host=host,
         port=port,
-        log_level=settings.server.log_level,
-        access_log=settings.server.access_log,
-        timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
-        # Behind Railway's proxy the client address arrives in X-Forwarded-For.
-        proxy_headers=True,
-        # Clients only ever send a key or nothing over a WebSocket: 64 kB is plenty.
-        ws_max_size=65_536,
-        # Compressing every frame once per client was a third of the server's time with a
-        # thousand dashboards open (bench --http); frames are small JSON anyway.
-        ws_per_message_deflate=False,
+        **uvicorn_options(settings),
     )
     return 0
 
@@ -324,7 +317,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         who = "cli"
 
     async def run() -> int:
-        async with Store.in_data_dir(settings.data_dir) as store:
+        async with Store.from_settings(settings) as store:
             if args.keys_command == "add":
                 key_id, key = await store.write(keys.add, args.name, args.role, who, "cli")
                 print(f"key {key_id} {args.name!r} ({args.role}); shown once, store it now:")
@@ -478,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"factory_mas: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.server.log_level)
+    _setup_logging(settings.server.log_level, settings.server.log_format)
     try:
         return COMMANDS[args.command](settings, args)
     except FactoryError as exc:

@@ -42,6 +42,8 @@ from .hub import Hub
 from .inference import Inference
 from .ingest import Intake
 from .limits import RateLimitMiddleware, SecurityHeadersMiddleware
+from .logs import RequestIdMiddleware
+from .metrics import Metrics
 from .notify import Notifier
 from .orchestrator.routes import OrchestratorRoutes
 from .orchestrator.service import Orchestrator
@@ -179,7 +181,7 @@ class Components:
 
 def build_components(settings: Settings, *, scada_in_background: bool = False) -> Components:
     hub = Hub(queue_size=settings.hub.queue_size)
-    store = Store.in_data_dir(settings.data_dir)
+    store = Store.from_settings(settings)
     inference = Inference(settings.inference.threads)
     ctx = AgentContext(
         hub=hub,
@@ -321,6 +323,7 @@ def build_app(settings: Settings, *, scada_in_background: bool = False) -> Starl
         Mount("/api/notify", routes=c.notifier.routes()),
         Mount("/api/backlog", routes=c.backlog.routes()),
         *(Mount(f"/api/{a.slug}", routes=a.routes()) for a in c.agents),
+        *Metrics(c).routes(),
         # Last: the dashboard at / and its files under /static.
         *web_routes(),
     ]
@@ -328,6 +331,8 @@ def build_app(settings: Settings, *, scada_in_background: bool = False) -> Starl
     # Outermost first: security headers on every answer (429s included), then the rate
     # limit (a brute-forced key gets 429 before auth sees it), then CORS, then auth.
     middleware = [
+        # Outside everything: every log line about a request carries its id, refusals too.
+        Middleware(RequestIdMiddleware),
         Middleware(SecurityHeadersMiddleware),
         Middleware(RateLimitMiddleware, settings=settings.limits),
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,9 @@ class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # "json": one object per line (ts, level, logger, message, request_id) for collectors
+    # such as Loki or Elasticsearch; "text" reads better in a terminal.
+    log_format: Literal["text", "json"] = "text"
     # Strict by default: browsers on other origins get no CORS headers unless listed here.
     cors_origins: list[str] = field(default_factory=list)
     # uvicorn's grace for open connections on SIGTERM; the rest of the 5 s budget is ours.
@@ -50,9 +54,49 @@ class ServerSettings(_Section):
     access_log: bool = False
 
 
+Role = Literal["all", "ingest", "control"]
+ROLES: tuple[Role, ...] = ("all", "ingest", "control")
+
+
+class InstanceSettings(_Section):
+    # What this process runs. "all": everything (one process, the default). "ingest":
+    # telemetry in (MQTT shared subscription, HTTP), the agents, predictions and alerts out
+    # through the broker; as many as the load needs. "control": alarms, plans, texts, shift
+    # summaries, SCADA and the dashboard, fed by the ingest instances through the broker;
+    # one per database. `serve --role` overrides it.
+    role: Role = "all"
+    # Names this process's ingest journal, MQTT outbox and agent checkpoints in a shared
+    # database: keep it stable across restarts, or what the old name had not finished is
+    # left behind. Empty: <hostname>-<port>.
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.id and not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", self.id):
+            raise ValueError(
+                f"id {self.id!r}: 1 to 100 letters, digits, '_', '.' or '-' "
+                "(it names database rows and the MQTT client)"
+            )
+
+
 class DataSettings(_Section):
     # Every piece of runtime state (database, checkpoints, keys) lives below this folder.
     dir: str = "./data"
+    # A PostgreSQL database to keep the state in instead (env DATABASE_URL), for instances
+    # that share it: postgres://user:password@host:5432/name. Empty: factory.db in `dir`.
+    database_url: str = ""
+
+    def __post_init__(self) -> None:
+        scheme, sep, _ = self.database_url.partition("://")
+        if self.database_url and (not sep or scheme not in _DATABASE_SCHEMES):
+            # The URL holds a password: the message names its scheme at most.
+            got = f"a URL starting with {scheme[:20]!r}" if sep else "a value with no scheme"
+            raise ValueError(
+                "database_url (DATABASE_URL) must start with postgres://, postgresql:// "
+                f"or sqlite:///, got {got}"
+            )
+
+
+_DATABASE_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg", "sqlite")
 
 
 class ModelsSettings(_Section):
@@ -627,6 +671,7 @@ class AgentsSettings(_Section):
 
 class Settings(_Section):
     server: ServerSettings = field(default_factory=ServerSettings)
+    instance: InstanceSettings = field(default_factory=InstanceSettings)
     data: DataSettings = field(default_factory=DataSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
     hub: HubSettings = field(default_factory=HubSettings)
@@ -648,6 +693,14 @@ class Settings(_Section):
         return Path(self.data.dir)
 
     @property
+    def instance_id(self) -> str:
+        """`instance.id`, else <hostname>-<port>: stable as long as both are."""
+        if self.instance.id:
+            return self.instance.id
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "localhost"
+        return f"{host[:90]}-{self.server.port}"
+
+    @property
     def models_dir(self) -> Path:
         if self.models.dir:
             return Path(self.models.dir)
@@ -657,7 +710,9 @@ class Settings(_Section):
 # Names operators know from other tools; everything else is FACTORY_<SECTION>_<KEY>.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "PORT": ("server", "port"),
+    "DATABASE_URL": ("data", "database_url"),
     "LOG_LEVEL": ("server", "log_level"),
+    "LOG_FORMAT": ("server", "log_format"),
     "CORS_ORIGINS": ("server", "cors_origins"),
     "MQTT_BROKER": ("mqtt", "broker"),
     "MQTT_PORT": ("mqtt", "port"),
