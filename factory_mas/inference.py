@@ -31,11 +31,16 @@ class LatencyWindow:
         self._samples: deque[float] = deque(maxlen=size)
         self.count = 0
         self.total_s = 0.0
+        # Also told every duration (a Prometheus histogram): the window forgets, a
+        # histogram's buckets do not, and rates over them need every observation.
+        self.observer: Callable[[float], None] | None = None
 
     def add(self, seconds: float) -> None:
         self._samples.append(seconds)
         self.count += 1
         self.total_s += seconds
+        if self.observer is not None:
+            self.observer(seconds)
 
     def summary(self) -> dict[str, float]:
         if not self._samples:

@@ -34,6 +34,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/health"): "public",
     ("GET", "/"): "public",  # the dashboard page; its data needs a key
     ("GET", "/status"): "viewer",
+    ("GET", "/metrics"): "viewer",  # Prometheus sends a viewer key
     ("GET", "/system-state"): "viewer",
     ("POST", "/api/ingest"): "operator",
     ("GET", "/api/config"): "viewer",

@@ -15,7 +15,10 @@ Need = Literal["public", "viewer", "operator", "admin"]
 WEBSOCKET = "WEBSOCKET"  # the method role_for is given for a WebSocket handshake
 
 # Load balancers and orchestrators probe /health without credentials; the dashboard page
-# and its static files hold no plant data (their API calls carry the key).
+# and its static files hold no plant data (their API calls carry the key). /metrics is
+# not here: it tells alarm counts and how the plant runs, so it is a read like any other
+# (viewer). Prometheus sends a viewer key with `authorization: credentials_file` in its
+# scrape config; auth.public_read opens it along with every other read.
 _PUBLIC = re.compile(r"/health|/|/favicon\.ico|/static/.*|/web/.*")
 _ADMIN_READS = re.compile(r"/api/audit|/api/auth/keys(/.*)?")
 _OPERATOR_WRITES = re.compile(
