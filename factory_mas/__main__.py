@@ -18,7 +18,7 @@ import msgspec
 from . import __version__
 from .errors import FactoryError, SettingsError
 from .logs import formatter
-from .settings import ReplaySettings, Settings, load_settings
+from .settings import ROLES, ReplaySettings, Settings, load_settings
 
 log = logging.getLogger("factory_mas")
 
@@ -35,16 +35,28 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import build_app
+    from .app import build_app, check_role
     from .server import uvicorn_options
 
-    host = args.host or settings.server.host
-    port = args.port or settings.server.port
+    # Folded into the settings, so everything derived from them (the default instance id
+    # and MQTT client id name the port) agrees with what is served.
+    server = msgspec.structs.replace(
+        settings.server,
+        host=args.host or settings.server.host,
+        port=args.port or settings.server.port,
+    )
+    instance = msgspec.structs.replace(settings.instance, role=args.role or settings.instance.role)
+    settings = msgspec.structs.replace(settings, server=server, instance=instance)
+    try:
+        check_role(settings)
+    except SettingsError as exc:
+        print(f"factory_mas: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         # Serving HTTP need not wait seconds for OPC UA's address space; /health tells.
         build_app(settings, scada_in_background=True),
-        host=host,
-        port=port,
+        host=server.host,
+        port=server.port,
         **uvicorn_options(settings),
     )
     return 0
@@ -370,6 +382,13 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run everything on one port (the default)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--role",
+        choices=ROLES,
+        help="all (default: everything in this process), ingest (telemetry and agents; "
+        "several may run) or control (alarms, SCADA, dashboard; one); ingest and control "
+        "need MQTT_BROKER and share DATABASE_URL. Default: instance.role",
+    )
     train = sub.add_parser("train", help="rebuild the model artifacts (seeded, repeatable)")
     train.add_argument("--out", help="folder to write (default: the artifacts folder in use)")
     train.add_argument("--only", nargs="+", metavar="AGENT_ID", help="train just these agents")

@@ -28,7 +28,11 @@ from typing import Any, TypeVar
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
+from .api import ApiError, json_response, query_int, query_time
 from .errors import StoreError
 from .hub import Hub, Message, Overflow, Subscription, SubscriptionClosed
 from .messages import Prediction
@@ -127,6 +131,55 @@ async def query(
         out += await _read(store, _select, [*subject, *filters, *window], limit - len(out))
         hi = start - 1
     return out
+
+
+class StoredHistory:
+    """/api/<slug>/history from the store alone, where the agent does not run (the
+    control role: the ingest instances score and store the predictions).
+
+    Takes the query of the agents' own route; what the store holds is what history.sample_s
+    kept (every change of level, and one prediction per machine and agent per sample).
+    Every other path under /api/<slug> answers 404 saying where the agent runs."""
+
+    def __init__(self, store: Store, agent_id: str, slug: str, limit_max: int) -> None:
+        self.store, self.agent_id, self.slug = store, agent_id, slug
+        self.limit_max = limit_max
+
+    async def history_route(self, request: Request) -> Response:
+        """Newest (last written) first."""
+        limit = query_int(request, "limit", 100, 1, self.limit_max) or 100
+        machine_id = query_int(request, "machine_id", None, 1, 1_000_000)
+        camera_id = request.query_params.get("camera_id") or None
+        since = query_time(request, "since")
+        until = query_time(request, "until")
+        if since is not None and until is not None and since > until:
+            raise ApiError(400, "bad_query", "since is later than until")
+        source = request.query_params.get("source") or "store"
+        if source != "store":
+            raise ApiError(
+                400,
+                "bad_query",
+                f"source: only store here, got {source!r}: {self.agent_id} runs on the "
+                "ingest instances, which keep its recent predictions in memory",
+            )
+        items = await query(self.store, self.agent_id, limit, machine_id, camera_id, since, until)
+        return json_response(
+            {"agent_id": self.agent_id, "source": source, "count": len(items), "predictions": items}
+        )
+
+    async def elsewhere_route(self, _request: Request) -> Response:
+        raise ApiError(
+            404,
+            "not_on_this_instance",
+            f"{self.agent_id} runs on the ingest instances, not on this control instance; "
+            f"its stored predictions are at /api/{self.slug}/history",
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/history", self.history_route),
+            Route("/{rest:path}", self.elsewhere_route, methods=["GET", "POST"]),
+        ]
 
 
 async def _read(store: Store, fn: Callable[..., T], *args: Any) -> T:

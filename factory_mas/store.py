@@ -15,6 +15,12 @@ The inbox is the ingest journal: telemetry accepted over HTTP (or MQTT) is writt
 before it is acknowledged, and agents record in their checkpoints how far they have
 scored it. After a crash each agent scores what its last checkpoint had not covered, so
 nothing acknowledged is lost; rows every agent has covered are pruned.
+
+Instances sharing a database (`serve --role ingest`, several at once) each keep their own
+journal and MQTT outbox: rows carry the `instance` they belong to (`Store.instance`), and
+an instance reads, counts and prunes only its own. Otherwise one instance's agents would
+score another's records, and one's bridge would send (and delete) another's messages.
+The single-process and control roles use "", which is what rows from before had.
 """
 
 from __future__ import annotations
@@ -80,18 +86,34 @@ checkpoints = sa.Table(
 )
 
 
+def _instance() -> sa.Column[str]:
+    """v7: which instance a journal or outbox row belongs to (Store.instance).
+
+    A server default only: rows written before v7, and inserts that do not name it, are
+    "", the single-process instance's."""
+    return sa.Column("instance", _text(200), nullable=False, server_default="")
+
+
+def _inbox_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("seq", _id(), primary_key=True),
+        sa.Column("topic", _text(500), nullable=False),
+        sa.Column("source", _text(200), nullable=False),
+        sa.Column("received_at", sa.Float, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    ]
+
+
 inbox = sa.Table(
     "inbox",
     metadata,
-    sa.Column("seq", _id(), primary_key=True),
-    sa.Column("topic", _text(500), nullable=False),
-    sa.Column("source", _text(200), nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
+    *_inbox_columns(),
+    _instance(),
     # Without AUTOINCREMENT SQLite reuses the numbers of deleted rows, and an agent whose
     # cursor is past a reused number would skip new records after a restart.
     sqlite_autoincrement=True,
 )
+inbox_by_instance = sa.Index("inbox_instance_seq", inbox.c.instance, inbox.c.seq)
 
 
 # -- v3: the orchestrator's durable state -----------------------------------------------
@@ -205,14 +227,25 @@ sa.Index("predictions_agent_seq", predictions.c.agent_id, predictions.c.seq)
 
 # -- v4: messages for the MQTT broker that must not be lost, and audited setting changes --
 
+
+def _mqtt_outbox_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("seq", _id(), primary_key=True),
+        sa.Column("topic", _text(500), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+    ]
+
+
 mqtt_outbox = sa.Table(
     "mqtt_outbox",
     metadata,
-    sa.Column("seq", _id(), primary_key=True),
-    sa.Column("topic", _text(500), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
+    *_mqtt_outbox_columns(),
+    _instance(),
     sqlite_autoincrement=True,
+)
+mqtt_outbox_by_instance = sa.Index(
+    "mqtt_outbox_instance_seq", mqtt_outbox.c.instance, mqtt_outbox.c.seq
 )
 
 config_changes = sa.Table(
@@ -279,7 +312,8 @@ def _v1(conn: Connection) -> None:
 
 
 def _v2(conn: Connection) -> None:
-    inbox.create(conn)
+    # The journal as v2 made it; v7 adds `instance`.
+    sa.Table("inbox", sa.MetaData(), *_inbox_columns(), sqlite_autoincrement=True).create(conn)
 
 
 def _v3(conn: Connection) -> None:
@@ -288,7 +322,11 @@ def _v3(conn: Connection) -> None:
 
 
 def _v4(conn: Connection) -> None:
-    mqtt_outbox.create(conn)
+    # The outbox as v4 made it; v7 adds `instance`.
+    outbox = sa.Table(
+        "mqtt_outbox", sa.MetaData(), *_mqtt_outbox_columns(), sqlite_autoincrement=True
+    )
+    outbox.create(conn)
     config_changes.create(conn)
 
 
@@ -300,7 +338,17 @@ def _v6(conn: Connection) -> None:
     api_keys.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(conn: Connection) -> None:
+    # Per-instance journal and outbox, for instances sharing a database. Both backends
+    # add a NOT NULL column with a constant default in place: existing rows become "".
+    for table in (inbox, mqtt_outbox):
+        column = sa.schema.CreateColumn(table.c.instance).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column}"))
+    inbox_by_instance.create(conn)
+    mqtt_outbox_by_instance.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 # Statements on the hot paths are built once: building one per call (`.values(...)`,
@@ -472,23 +520,29 @@ class _Worker:
 class Store:
     """Open with `async with Store(url) as store:`; every method is a coroutine."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, instance: str = "") -> None:
         self.url = database_url(url)
+        # Whose journal and outbox rows this store reads and writes (see the module doc).
+        self.instance = instance
         self._engine: Engine | None = None
         self._worker = _Worker("store")
         self.version = 0
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path) -> Store:
-        return cls(sqlite_url(data_dir / "factory.db"))
+    def in_data_dir(cls, data_dir: Path, instance: str = "") -> Store:
+        return cls(sqlite_url(data_dir / "factory.db"), instance)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         """The configured database: `[data] database_url` (env DATABASE_URL) when set,
-        else factory.db in the data folder."""
+        else factory.db in the data folder.
+
+        An ingest instance keeps its journal and outbox under its instance id; the other
+        roles run one per database and keep "", so data from before v7 stays theirs."""
+        instance = settings.instance_id if settings.instance.role == "ingest" else ""
         if settings.data.database_url:
-            return cls(settings.data.database_url)
-        return cls.in_data_dir(settings.data_dir)
+            return cls(settings.data.database_url, instance)
+        return cls.in_data_dir(settings.data_dir, instance)
 
     async def __aenter__(self) -> Store:
         try:
@@ -612,38 +666,47 @@ class Store:
         with self.engine.begin() as conn:
             result = conn.execute(
                 _INBOX_INSERT,
-                {"topic": topic, "source": source, "received_at": time.time(), "data": data},
+                {
+                    "topic": topic,
+                    "source": source,
+                    "instance": self.instance,
+                    "received_at": time.time(),
+                    "data": data,
+                },
             )
             return int(result.inserted_primary_key[0])
 
     async def inbox_after(self, seq: int, limit: int = 500) -> list[tuple[int, str, bytes]]:
-        """Journal rows after `seq`, oldest first: (seq, topic, data)."""
+        """This instance's journal rows after `seq`, oldest first: (seq, topic, data)."""
         return await self._run(self._inbox_after, seq, limit)
 
     def _inbox_after(self, seq: int, limit: int) -> list[tuple[int, str, bytes]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(inbox.c.seq, inbox.c.topic, inbox.c.data)
-                .where(inbox.c.seq > seq)
+                .where(inbox.c.instance == self.instance, inbox.c.seq > seq)
                 .order_by(inbox.c.seq)
                 .limit(limit)
             )
             return [(r.seq, r.topic, r.data) for r in rows]
 
     async def inbox_prune(self, upto: int) -> int:
-        """Forget journal rows up to and including `upto`; returns how many."""
+        """Forget this instance's journal rows up to and including `upto`; returns how
+        many."""
         return await self._run(self._inbox_prune, upto)
 
     def _inbox_prune(self, upto: int) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(inbox.delete().where(inbox.c.seq <= upto)).rowcount
+            mine = inbox.c.instance == self.instance
+            return conn.execute(inbox.delete().where(mine, inbox.c.seq <= upto)).rowcount
 
     async def inbox_size(self) -> int:
         return await self._run(self._inbox_size)
 
     def _inbox_size(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() or 0)
+            count = sa.select(sa.func.count()).where(inbox.c.instance == self.instance)
+            return int(conn.execute(count).scalar() or 0)
 
     async def ping(self) -> bool:
         try:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from factory_mas.bridges import mqtt
 from factory_mas.errors import FactoryError, StoreError
 from factory_mas.store import (
     MIGRATIONS,
@@ -23,6 +24,7 @@ from factory_mas.store import (
     config_changes,
     database_url,
     inbox,
+    mqtt_outbox,
     schema_version,
     sms_outbox,
     sqlite_url,
@@ -285,6 +287,42 @@ async def test_a_version_2_database_is_brought_forward_keeping_its_data(db: Data
     with pytest.raises(sa.exc.IntegrityError):
         insert(alarm(True))
     assert db.sql("SELECT count(*) FROM alarms") == [(3,)]
+
+
+async def test_version_7_gives_the_journal_and_the_outbox_an_instance(db: Database) -> None:
+    # What factory_mas with six migrations left, with a journal row and an outbox row.
+    def version_6(conn: sa.Connection) -> None:
+        for number, migrate in enumerate(MIGRATIONS[:6], start=1):
+            migrate(conn)
+            conn.execute(schema_version.insert().values(version=number, applied_at=0))
+        conn.execute(inbox.insert().values(topic="t", source="s", received_at=0, data=b"old"))
+        row = {"topic": "alerts/pm_agent", "created_at": 0.0, "payload": b"queued"}
+        conn.execute(mqtt_outbox.insert().values(**row))
+
+    db.run(version_6)
+    assert len(MIGRATIONS) == 7
+    async with db.store() as store:
+        assert store.version == 7
+        # Rows from before belong to the single process (instance ""): still its own.
+        assert await store.inbox_after(0) == [(1, "t", b"old")]
+        assert await store.read(mqtt._outbox_size) == 1
+    async with Store(db.url, "ingest-1") as other:
+        assert await other.inbox_after(0) == []
+        assert await other.inbox_size() == 0
+        assert await other.inbox_prune(10) == 0
+        seq = await other.inbox_append("t", "mqtt", b"new")
+    assert seq == 2
+    assert db.sql("SELECT seq, instance FROM inbox ORDER BY seq") == [(1, ""), (2, "ingest-1")]
+    assert db.sql("SELECT instance FROM mqtt_outbox") == [("",)]
+
+    def indexes(conn: sa.Connection) -> None:
+        inspector = sa.inspect(conn)
+        for table in ("inbox", "mqtt_outbox"):
+            name = f"{table}_instance_seq"
+            (found,) = [i for i in inspector.get_indexes(table) if i["name"] == name]
+            assert found["column_names"] == ["instance", "seq"]
+
+    db.run(indexes)
 
 
 # -- URLs --------------------------------------------------------------------------------

@@ -184,7 +184,11 @@ class BaseAgent(abc.ABC):
 
     @property
     def checkpoint_name(self) -> str:
-        return f"agent:{self.agent_id}"
+        # Its cursor points into this instance's journal only, and its per-machine memory
+        # is of the records this instance scored: instances sharing a database (the ingest
+        # role) each keep their own. The single-process name stays what it always was.
+        instance = self.ctx.store.instance
+        return f"agent:{self.agent_id}@{instance}" if instance else f"agent:{self.agent_id}"
 
     async def __aenter__(self) -> BaseAgent:
         await self.start()

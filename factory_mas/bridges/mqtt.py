@@ -14,6 +14,14 @@ wait in a bounded memory queue that drops its oldest when the broker is away lon
 Loop-free: messages the bridge took from the broker are never sent back to it, and our
 own subscriptions use MQTT v5's no-local flag.
 
+Scale-out (`serve --role`): an ingest instance takes telemetry through a shared
+subscription and keeps its outbox rows under its own instance id (Store.instance), so
+instances sharing a database never send or delete each other's messages. The control
+instance subscribes to alerts/+ and predictions/+ instead: alerts go to the orchestrator
+(`alert_sink`) and are acknowledged only once their alarms are committed, as telemetry is
+once journaled; predictions are a live view for SCADA, the shift tally and the dashboard,
+taken at QoS 0 so the broker does not hoard them while the control is away.
+
 The connection is kept by one loop: connect, subscribe, run until it breaks, wait with
 capped exponential backoff and jitter, again. The session is persistent (clean_start off,
 a session expiry), so the broker queues QoS 1 telemetry while we are away.
@@ -29,6 +37,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -38,7 +47,7 @@ from sqlalchemy.engine import Connection
 from ..errors import StoreError
 from ..hub import Hub, Message, Overflow, Subscription, SubscriptionClosed, matches
 from ..ingest import TELEMETRY_TOPIC, Intake
-from ..messages import Rejection
+from ..messages import Alert, Prediction, Rejection
 from ..settings import MqttSettings
 from ..store import Store, mqtt_outbox
 from ..tasks import cancel_all
@@ -56,19 +65,33 @@ ORIGIN = "mqtt"
 _IN_BATCH = 500  # broker messages handled (and journaled) together
 _OUT_BATCH = 200  # messages published before waiting for their acknowledgements
 _OUTBOX_POLL_S = 0.05
+# Alert ids already handed to the alert sink: a QoS 1 redelivery (an ingest instance that
+# died between publishing and deleting its outbox row sends it again) is not counted twice.
+_SEEN_ALERTS = 10_000
+TELEMETRY_FILTER = "sensors/factory/data/#"
+ALERTS_FILTER = "alerts/+"
+PREDICTIONS_FILTER = "predictions/+"
+# Topics taken at QoS 0: a live view, which the broker need not keep for us while we are
+# away (a day of every instance's predictions would bury a returning control instance).
+LIVE_ONLY = ("predictions/",)
 _json = msgspec.json.Encoder()
+_alerts = msgspec.json.Decoder(list[Alert] | Alert)
+_predictions = msgspec.json.Decoder(list[Prediction] | Prediction)
+
+AlertSink = Callable[[Sequence[Alert]], Awaitable[Any]]
 
 
-def _outbox_add(conn: Connection, rows: list[tuple[str, bytes, float]]) -> None:
+def _outbox_add(conn: Connection, rows: list[tuple[str, bytes, float]], instance: str = "") -> None:
     conn.execute(
         mqtt_outbox.insert(),
-        [{"topic": t, "payload": p, "created_at": at} for t, p, at in rows],
+        [{"topic": t, "payload": p, "created_at": at, "instance": instance} for t, p, at in rows],
     )
 
 
-def _outbox_head(conn: Connection, limit: int) -> list[tuple[int, str, bytes]]:
+def _outbox_head(conn: Connection, limit: int, instance: str = "") -> list[tuple[int, str, bytes]]:
     rows = conn.execute(
         sa.select(mqtt_outbox.c.seq, mqtt_outbox.c.topic, mqtt_outbox.c.payload)
+        .where(mqtt_outbox.c.instance == instance)
         .order_by(mqtt_outbox.c.seq)
         .limit(limit)
     )
@@ -79,8 +102,9 @@ def _outbox_delete(conn: Connection, seqs: list[int]) -> None:
     conn.execute(mqtt_outbox.delete().where(mqtt_outbox.c.seq.in_(seqs)))
 
 
-def _outbox_size(conn: Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.count()).select_from(mqtt_outbox)).scalar() or 0)
+def _outbox_size(conn: Connection, instance: str = "") -> int:
+    count = sa.select(sa.func.count()).where(mqtt_outbox.c.instance == instance)
+    return int(conn.execute(count).scalar() or 0)
 
 
 class MqttBridge:
@@ -88,15 +112,32 @@ class MqttBridge:
     sake: a broker that is down at start is retried while everything else serves."""
 
     def __init__(
-        self, settings: MqttSettings, hub: Hub, store: Store, intake: Intake, port: int = 8000
+        self,
+        settings: MqttSettings,
+        hub: Hub,
+        store: Store,
+        intake: Intake,
+        port: int = 8000,
+        *,
+        instance_id: str = "",
+        alert_sink: AlertSink | None = None,
     ) -> None:
+        """`instance_id` names the default client id (else <hostname>-<port>);
+        `alert_sink` takes the alerts that arrive from the broker, and returns once they
+        are durable (else they go on the hub like any other message)."""
         self.settings = settings
         self.hub, self.store, self.intake = hub, store, intake
-        self.client_id = settings.client_id or f"factory_mas-{socket.gethostname()}-{port}"
+        instance = instance_id or f"{socket.gethostname()}-{port}"
+        self.client_id = settings.client_id or f"factory_mas-{instance}"
+        self.alert_sink = alert_sink
+        self._seen_alerts: dict[str, None] = {}  # insertion-ordered: the oldest go first
         self.connected = False
         self.counters: dict[str, int] = {
             "received": 0,
             "received_records": 0,
+            "received_alerts": 0,
+            "duplicate_alerts": 0,
+            "received_predictions": 0,
             "rejected_payloads": 0,
             "published": 0,
             "dropped": 0,
@@ -125,7 +166,7 @@ class MqttBridge:
         import aiomqtt  # noqa: F401
 
         self._tls = tls_context(self.settings)  # a bad file stops start-up, naming it
-        self._outbox_rows = await self.store.read(_outbox_size)
+        self._outbox_rows = await self.store.read(_outbox_size, self.store.instance)
         # Drop-oldest never drops a protected message: only predictions can be lost here,
         # and only when the bridge itself cannot keep up with the hub.
         self._subs = [
@@ -175,7 +216,7 @@ class MqttBridge:
                     self._remember(m.topic, payload)
             while durable:
                 try:
-                    await self.store.write(_outbox_add, durable)
+                    await self.store.write(_outbox_add, durable, self.store.instance)
                     self._outbox_rows += len(durable)
                     break
                 except StoreError as exc:
@@ -284,7 +325,8 @@ class MqttBridge:
             # on a shared subscription.
             group = self.settings.shared_group
             return f"$share/{group}/{topic_filter}", SubscribeOptions(qos=1)
-        return topic_filter, SubscribeOptions(qos=1, noLocal=True)
+        qos = 0 if topic_filter.startswith(LIVE_ONLY) else 1
+        return topic_filter, SubscribeOptions(qos=qos, noLocal=True)
 
     # -- broker -> hub -----------------------------------------------------------------
 
@@ -308,6 +350,7 @@ class MqttBridge:
         self.counters["received"] += len(batch)
         items: list[Any] = []
         indices: list[int] = []
+        alerts: list[Alert] = []
         for m in batch:
             topic = m.topic.value
             data = m.payload if isinstance(m.payload, bytes | bytearray) else b""
@@ -316,15 +359,31 @@ class MqttBridge:
                     topic, f"payload of {len(data)} bytes exceeds mqtt.max_payload_bytes", data
                 )
                 continue
-            if matches("sensors/factory/data/#", topic):
+            if matches(TELEMETRY_FILTER, topic):
                 decoded = await self._decode(topic, bytes(data))
                 if decoded is not None:
                     many = decoded if isinstance(decoded, list) else [decoded]
                     items.extend(many)
                     indices.extend(range(len(many)))
+            elif matches(ALERTS_FILTER, topic):
+                found = await self._typed(topic, bytes(data), _alerts, "alerts")
+                self.counters["received_alerts"] += len(found)
+                if self.alert_sink is not None:
+                    alerts.extend(found)
+                elif found:
+                    await self.hub.publish(topic, found, origin=ORIGIN)
+            elif matches(PREDICTIONS_FILTER, topic):
+                # Decoded here, so their consumers (SCADA, the shift tally) see the same
+                # Prediction objects as from a local agent.
+                found = await self._typed(topic, bytes(data), _predictions, "predictions")
+                self.counters["received_predictions"] += len(found)
+                if found:
+                    await self.hub.publish(topic, found, origin=ORIGIN)
             else:
                 # PPE frames and config requests: their consumers decode and judge them.
                 await self.hub.publish(topic, bytes(data), origin=ORIGIN)
+        if alerts:
+            await self._sink_alerts(alerts)
         while items:
             try:
                 await self.intake.accept(
@@ -349,6 +408,43 @@ class MqttBridge:
         await self._reject(topic, f"expected a record or an array of records, got {what}", data)
         return None
 
+    async def _typed(
+        self, topic: str, data: bytes, decoder: msgspec.json.Decoder, what: str
+    ) -> list[Any]:
+        """One message decoded as a list of `what`; [] (and a rejection) when it is not."""
+        try:
+            value = decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._reject(topic, f"expected {what} (an object or an array): {exc}", data)
+            return []
+        return value if isinstance(value, list) else [value]
+
+    async def _sink_alerts(self, alerts: list[Alert]) -> None:
+        """Hand alerts to the sink; returns once it has them (then they may be acked)."""
+        assert self.alert_sink is not None
+        fresh: list[Alert] = []
+        for alert in alerts:
+            if alert.id in self._seen_alerts:
+                self.counters["duplicate_alerts"] += 1
+            else:
+                self._seen_alerts[alert.id] = None
+                fresh.append(alert)
+        while fresh:
+            try:
+                await self.alert_sink(fresh)
+                break
+            except StoreError as exc:
+                # Unacknowledged meanwhile: the broker keeps them if we die waiting.
+                self.last_error = f"store: {exc}"
+                log.error("mqtt: cannot record alerts, holding them: %s", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                # A bug must not hold the stream forever; the orchestrator does the same.
+                log.exception("mqtt: %d alerts from the broker could not be handled", len(fresh))
+                break
+        while len(self._seen_alerts) > _SEEN_ALERTS:
+            del self._seen_alerts[next(iter(self._seen_alerts))]
+
     async def _reject(self, topic: str, reason: str, data: bytes) -> None:
         self.counters["rejected_payloads"] += 1
         preview = data[:200].decode("utf-8", "replace")
@@ -360,7 +456,7 @@ class MqttBridge:
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
             if self._outbox_rows:
-                rows = await self.store.read(_outbox_head, _OUT_BATCH)
+                rows = await self.store.read(_outbox_head, _OUT_BATCH, self.store.instance)
                 if rows:
                     await self._publish_all(client, [(t, p) for _, t, p in rows])
                     await self.store.write(_outbox_delete, [seq for seq, _, _ in rows])

@@ -230,7 +230,9 @@ class Writes:
                 return WriteResult(False, code, answer.error or "refused", audited=True)
             return WriteResult(True, value=value, audited=True)
         if kind == "enabled":
-            agent = next(a for a in self.c.agents if a.agent_id == rest)
+            agent = next((a for a in self.c.agents if a.agent_id == rest), None)
+            if agent is None:  # a control instance: the agents run on the ingest instances
+                return WriteResult(False, "rejected", f"{rest} does not run on this instance")
             if value and agent.status != "running":
                 await agent.start()
                 if agent.status != "running":
