@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -306,6 +307,20 @@ api_keys = sa.Table(
 )
 
 
+# -- v8: which alarms each text is about ------------------------------------------------
+
+# One row per (text, alarm): the SMS cooldown asks "was every alarm of this decision texted
+# lately?", which the JSON list in sms_outbox.alarm_ids can only answer by reading every
+# recent text; in an alarm flood that grew with each decision (10 ms each after 400).
+sms_outbox_alarms = sa.Table(
+    "sms_outbox_alarms",
+    metadata,
+    sa.Column("outbox_id", _id(), nullable=False),
+    sa.Column("alarm_id", _id(), nullable=False),
+    sa.Index("sms_outbox_alarms_alarm", "alarm_id", "outbox_id"),
+)
+
+
 def _v1(conn: Connection) -> None:
     schema_version.create(conn)
     checkpoints.create(conn)
@@ -348,7 +363,19 @@ def _v7(conn: Connection) -> None:
     mqtt_outbox_by_instance.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(conn: Connection) -> None:
+    sms_outbox_alarms.create(conn)
+    rows = conn.execute(sa.select(sms_outbox.c.id, sms_outbox.c.alarm_ids)).all()
+    links = [
+        {"outbox_id": row.id, "alarm_id": int(alarm_id)}
+        for row in rows
+        for alarm_id in set(json.loads(row.alarm_ids))
+    ]
+    if links:
+        conn.execute(sms_outbox_alarms.insert(), links)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 # Statements on the hot paths are built once: building one per call (`.values(...)`,

@@ -300,9 +300,8 @@ async def test_version_7_gives_the_journal_and_the_outbox_an_instance(db: Databa
         conn.execute(mqtt_outbox.insert().values(**row))
 
     db.run(version_6)
-    assert len(MIGRATIONS) == 7
     async with db.store() as store:
-        assert store.version == 7
+        assert store.version == len(MIGRATIONS)
         # Rows from before belong to the single process (instance ""): still its own.
         assert await store.inbox_after(0) == [(1, "t", b"old")]
         assert await store.read(mqtt._outbox_size) == 1
@@ -323,6 +322,31 @@ async def test_version_7_gives_the_journal_and_the_outbox_an_instance(db: Databa
             assert found["column_names"] == ["instance", "seq"]
 
     db.run(indexes)
+
+
+async def test_version_8_links_each_text_to_its_alarms(db: Database) -> None:
+    # Texts written before v8 keep counting for the cooldown: their alarm lists are linked.
+    def version_7(conn: sa.Connection) -> None:
+        for number, migrate in enumerate(MIGRATIONS[:7], start=1):
+            migrate(conn)
+            conn.execute(schema_version.insert().values(version=number, applied_at=0))
+        for alarm_ids in ("[3, 5]", "[]", "[5, 9]"):
+            conn.execute(
+                sms_outbox.insert().values(
+                    alarm_ids=alarm_ids,
+                    created_at=0.0,
+                    body="b",
+                    status="sent",
+                    attempts=1,
+                    next_attempt_at=0.0,
+                )
+            )
+
+    db.run(version_7)
+    async with db.store() as store:
+        assert store.version == len(MIGRATIONS)
+    links = db.sql("SELECT outbox_id, alarm_id FROM sms_outbox_alarms ORDER BY 1, 2")
+    assert links == [(1, 3), (1, 5), (3, 5), (3, 9)]
 
 
 # -- URLs --------------------------------------------------------------------------------

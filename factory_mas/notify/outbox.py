@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from ..levels import RANK
 from ..messages import Decision, Notified
 from ..settings import NotifySettings
-from ..store import sms_outbox
+from ..store import sms_outbox, sms_outbox_alarms
 
 Status = Literal["queued", "sent", "held", "digested", "cooldown", "not_configured", "failed"]
 STATUSES: tuple[Status, ...] = (
@@ -158,35 +158,54 @@ def queue_decision(
     counted = DELIVERING if settings.configured else (*DELIVERING, "not_configured")
     if _all_texted_recently(conn, decision.alarm_ids, counted, now - settings.cooldown_s):
         status = "cooldown"
-    conn.execute(
-        sms_outbox.insert().values(
-            decision_id=decision.id,
-            alarm_ids=json.dumps(sorted(set(decision.alarm_ids))),
-            created_at=now,
-            body=body_of(decision),
-            status=status,
-            attempts=0,
-            next_attempt_at=now,
-        )
+    _add_row(
+        conn,
+        decision.alarm_ids,
+        decision_id=decision.id,
+        created_at=now,
+        body=body_of(decision),
+        status=status,
     )
     return Notified(channel="sms", status=status)
+
+
+def _add_row(conn: Connection, alarm_ids: Sequence[int], **values: object) -> int:
+    """Insert an outbox row and its links to the alarms it is about; returns its id."""
+    ids = sorted(set(alarm_ids))
+    row_id = conn.execute(
+        sms_outbox.insert().values(
+            alarm_ids=json.dumps(ids),
+            attempts=0,
+            next_attempt_at=values["created_at"],
+            **values,
+        )
+    ).inserted_primary_key[0]
+    if ids:
+        conn.execute(
+            sms_outbox_alarms.insert(), [{"outbox_id": row_id, "alarm_id": a} for a in ids]
+        )
+    return int(row_id)
 
 
 def _all_texted_recently(
     conn: Connection, alarm_ids: Sequence[int], statuses: Sequence[str], since: float
 ) -> bool:
     # A decision about no alarm at all (a manual one) is never held back by a cooldown.
-    if not alarm_ids:
+    wanted = set(alarm_ids)
+    if not wanted:
         return False
-    rows = conn.execute(
-        sa.select(sms_outbox.c.alarm_ids).where(
-            sms_outbox.c.status.in_(statuses), sms_outbox.c.created_at > since
+    texted = conn.execute(
+        sa.select(sa.func.count(sa.distinct(sms_outbox_alarms.c.alarm_id)))
+        .select_from(
+            sms_outbox_alarms.join(sms_outbox, sms_outbox.c.id == sms_outbox_alarms.c.outbox_id)
         )
-    )
-    texted: set[int] = set()
-    for (raw,) in rows:
-        texted.update(json.loads(raw))
-    return set(alarm_ids) <= texted
+        .where(
+            sms_outbox_alarms.c.alarm_id.in_(wanted),
+            sms_outbox.c.status.in_(statuses),
+            sms_outbox.c.created_at > since,
+        )
+    ).scalar()
+    return texted == len(wanted)
 
 
 def due(conn: Connection, now: float) -> list[DueRow]:
@@ -262,18 +281,14 @@ def make_digest(conn: Connection, now: float) -> int | None:
     ).all()
     if not held:
         return None
-    alarm_ids = sorted({a for row in held for a in json.loads(row.alarm_ids)})
-    digest_id = conn.execute(
-        sms_outbox.insert().values(
-            decision_id=None,
-            alarm_ids=json.dumps(alarm_ids),
-            created_at=now,
-            body=digest_body([row.body for row in held]),
-            status="queued",
-            attempts=0,
-            next_attempt_at=now,
-        )
-    ).inserted_primary_key[0]
+    digest_id = _add_row(
+        conn,
+        [a for row in held for a in json.loads(row.alarm_ids)],
+        decision_id=None,
+        created_at=now,
+        body=digest_body([row.body for row in held]),
+        status="queued",
+    )
     conn.execute(
         sms_outbox.update()
         .where(sms_outbox.c.id.in_([row.id for row in held]))
@@ -291,6 +306,11 @@ def abandon_unsendable(conn: Connection) -> int:
         .where(sms_outbox.c.status.in_(("queued", "held")))
         .values(status="not_configured", error=NOT_CONFIGURED)
     ).rowcount
+
+
+def summary(conn: Connection, now: float) -> tuple[dict[str, int], float | None, int]:
+    """counts() and sent_in_last_hour() in one trip to the store's thread."""
+    return (*counts(conn), sent_in_last_hour(conn, now))
 
 
 def counts(conn: Connection) -> tuple[dict[str, int], float | None]:

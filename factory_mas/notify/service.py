@@ -65,6 +65,9 @@ class Notifier:
         self._failing = False
         self._store_failing = False
         self._limited = False
+        # Without credentials, rows a configured run left queued are settled once a start:
+        # every later text is recorded as not_configured from the outset.
+        self._leftovers_settled = False
         self._counts: dict[str, int] = dict.fromkeys(outbox.STATUSES, 0)
         self._sent_last_hour = 0
         self._last_sent_at: float | None = None
@@ -73,6 +76,7 @@ class Notifier:
     async def __aenter__(self) -> Notifier:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        self._leftovers_settled = False
         if self.settings.configured:
             self._sender = TwilioSender(self.settings)
             log.info(
@@ -154,18 +158,20 @@ class Notifier:
 
     async def _pass(self) -> None:
         now = self.clock()
-        if self._sender is None:
+        if self._sender is None and not self._leftovers_settled:
             abandoned = await self.store.write(outbox.abandon_unsendable)
+            self._leftovers_settled = True
             if abandoned:
                 log.warning(
                     "notify: %d text(s) left queued by an earlier run will not be sent: "
                     "Twilio credentials are not configured",
                     abandoned,
                 )
-        else:
+        elif self._sender is not None:
             await self._send_due(self._sender, now)
-        self._counts, self._last_sent_at = await self.store.read(outbox.counts)
-        self._sent_last_hour = await self.store.read(outbox.sent_in_last_hour, self.clock())
+        self._counts, self._last_sent_at, self._sent_last_hour = await self.store.read(
+            outbox.summary, self.clock()
+        )
 
     async def _send_due(self, sender: TwilioSender, now: float) -> None:
         limit = self.settings.rate_limit_per_hour
