@@ -19,6 +19,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +46,7 @@ from ..ws import WsClient, frame, stream
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_HISTORY = 1_000
 HISTORY_LIMIT_MAX = 10_000
 _STOP_DRAIN_S = 2.0
 
@@ -435,7 +437,11 @@ class BaseAgent(abc.ABC):
     def _snapshot(self) -> Checkpoint:
         return Checkpoint(
             model_version=self.model_version,
-            history=list(self.history),
+            # The newest of the ring only: the whole of it (10,000 predictions, some 2.5 MB)
+            # written every few seconds by every agent held the store's one thread for tens
+            # of milliseconds, and every alarm and journal write waited. Older predictions
+            # are in the store's history (GET .../history?source=store).
+            history=list(islice(reversed(self.history), CHECKPOINT_HISTORY))[::-1],
             counters=dict(self.counters),
             last_levels=dict(self.last_levels),
             state=self.export_state(),
