@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -122,11 +124,18 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
 
+    # The command line after `python -m factory_mas`.
+    args: tuple[str, ...] = ()
+
+    def ready(self, health: dict) -> bool:
+        """Whether /health's body says the server is ready for the test."""
+        return bool(health.get("ready"))
+
     def start(self, timeout_s: float = 60.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log_fh = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "factory_mas"],
+            [sys.executable, "-m", "factory_mas", *self.args],
             cwd=self.data_dir.parent,
             env=self.env,
             stdout=self._log_fh,
@@ -137,7 +146,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).json().get("ready"):
+                if self.ready(httpx.get(self.url + "/health", timeout=1).json()):
                     return self
             except (httpx.HTTPError, ValueError):
                 pass
@@ -193,6 +202,17 @@ def with_scada(settings: Settings, **scada: object) -> Settings:
     return msgspec.structs.replace(
         settings, scada=msgspec.structs.replace(settings.scada, **{**defaults, **scada})
     )
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
+    """Wait for what another task makes true; the timeout is only a hang guard."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not (value := predicate()):
+                await asyncio.sleep(0.01)
+            return value
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def wait_until(

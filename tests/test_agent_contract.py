@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -42,7 +42,7 @@ from factory_mas.messages import RETURN_TO_NORMAL, Alert, Prediction, TelemetryR
 from factory_mas.settings import LEVELS, AgentSettings, Settings
 from factory_mas.ws import WsClient
 
-from .conftest import agent_context, free_port, record
+from .conftest import agent_context, free_port, record, until
 
 # Hang guard only: a correct agent answers in milliseconds.
 TIMEOUT_S = 15.0
@@ -68,17 +68,6 @@ def interleave(*groups: Sequence[Any]) -> list[Any]:
 def key(p: Prediction) -> tuple[int, datetime]:
     """What identifies a prediction for these tests: the machine and the record's time."""
     return p.machine_id, p.record_ts
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout_s: float = TIMEOUT_S) -> Any:
-    """Wait for a condition another task makes true; the timeout is only a hang guard."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not (value := predicate()):
-                await asyncio.sleep(0.01)
-            return value
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def collect(sub: Subscription, n: int) -> list[Any]:

@@ -3,10 +3,9 @@ query behind it, retention, failure handling, and the agents' /history route."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,9 +24,8 @@ from factory_mas.settings import Settings, load_settings
 from factory_mas.store import Store
 from factory_mas.times import parse_instant
 
-from .conftest import REPO, TEST_ENV, record, running_app
+from .conftest import REPO, TEST_ENV, record, running_app, until
 
-TIMEOUT_S = 15.0  # hang guard only
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 DAY_S = 86_400.0
 
@@ -53,17 +51,6 @@ def prediction(
 
 def minutes(items: list[Prediction]) -> list[int]:
     return [p.result["minute"] for p in items]
-
-
-async def until(predicate: Callable[[], Any], what: str) -> Any:
-    """Wait for what another task makes true; the timeout is only a hang guard."""
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            while not (value := predicate()):
-                await asyncio.sleep(0.01)
-            return value
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 class Clock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -10,8 +9,6 @@ import platform
 import re
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import httpx
 import msgspec
@@ -23,28 +20,17 @@ from factory_mas.app import Components
 from factory_mas.logs import JsonFormatter
 from factory_mas.settings import Settings
 
-from .conftest import REPO, free_port, record, running_app, with_scada
+from .conftest import REPO, free_port, record, running_app, until, with_scada
 
 DASHBOARD = REPO / "deploy" / "grafana" / "factory_mas.json"
 PROMETHEUS = REPO / "deploy" / "prometheus.yml"
 TELEMETRY_AGENTS = ("pm_agent", "energy_agent", "cyber_agent", "safety_agent")
 # Hang guard only.
-TIMEOUT_S = 30.0
 
 # A line of the text format ("2025-01-01 12:00:00,000 INFO ...") or uvicorn's ("INFO:     ...").
 TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d |(DEBUG|INFO|WARNING|ERROR|CRITICAL):\s{2,}")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def until(predicate: Callable[[], Any], what: str) -> Any:
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            while not (value := predicate()):
-                await asyncio.sleep(0.01)
-            return value
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def scrape(client: httpx.AsyncClient) -> Samples:

@@ -18,6 +18,8 @@ from factory_mas.ingest import REJECTED_TOPIC, TELEMETRY_TOPIC, Intake
 from factory_mas.replay import CameraReplay, Replay
 from factory_mas.settings import ReplaySettings
 
+from .conftest import until
+
 TIMEOUT_S = 15.0
 
 
@@ -33,15 +35,6 @@ class Sink:
     @property
     def rows(self) -> list[dict[str, Any]]:
         return [r for _, rows in self.calls for r in rows]
-
-
-async def until(predicate, what: str) -> None:
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def drain(sub: Subscription) -> list[Any]:

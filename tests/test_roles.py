@@ -15,7 +15,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -273,30 +272,15 @@ class RoleServer(Server):
     def __init__(self, data_dir: Path, role: str, env: dict[str, str]) -> None:
         super().__init__(data_dir, env)
         self.role = role
+        self.args = ("serve", "--role", role)
+
+    def ready(self, health: dict) -> bool:
+        # Ready, and subscribed at the broker (connected means subscribed).
+        return bool(health.get("ready") and health["components"]["mqtt_connected"])
 
     def start(self, timeout_s: float = TIMEOUT_S) -> RoleServer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log_fh = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "factory_mas", "serve", "--role", self.role],
-            cwd=self.data_dir.parent,
-            env=self.env,
-            stdout=self._log_fh,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                body = httpx.get(self.url + "/health", timeout=1).json()
-                # Ready, and subscribed at the broker (connected means subscribed).
-                if body.get("ready") and body["components"]["mqtt_connected"]:
-                    return self
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready in {timeout_s}s:\n{self.output()}")
+        super().start(timeout_s)
+        return self
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from factory_mas.bridges.scada.points import build_points
 from factory_mas.settings import Settings
 
-from .conftest import free_port, running_app, with_scada
+from .conftest import free_port, running_app, until, with_scada
 
 OUTSTATION, MASTER = 10, 1
 
@@ -132,15 +132,6 @@ class Master:
             self.master.DirectOperate(command, index, answers.append)
         await until(lambda: answers, f"an answer to the command on {index}")
         return [r.status for r in answers[0].to_list()]
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextmanager
