@@ -450,9 +450,10 @@ def database_url(url: str) -> str:
     return url
 
 
-# The key of the advisory lock migrations run under: a constant no other application on
-# the database is likely to use ("factorym" in ASCII).
+# Keys of the advisory locks (see serialize): constants no other application on the
+# database is likely to use ("factorym" and "factoryk" in ASCII).
 MIGRATION_LOCK_KEY = 0x666163746F72796D
+FIRST_KEY_LOCK_KEY = 0x666163746F72796B
 # Short enough that a wrong host fails the start, long enough for a managed database
 # waking up.
 PG_CONNECT_TIMEOUT_S = 10
@@ -480,15 +481,16 @@ def _create_engine(url: sa.URL) -> Engine:
     return engine
 
 
-def _lock_schema(conn: Connection) -> None:
-    """Serialize migrations between processes that start at once: the second one waits
-    for the first to commit, then finds nothing left to do."""
+def serialize(conn: Connection, key: int) -> None:
+    """Make this transaction wait for any other process's transaction that serializes on
+    `key`: for check-then-write steps that instances starting at once must not both take
+    (migrations, the first admin key). Call it first thing in the transaction."""
     if conn.dialect.name == "postgresql":
-        # Released with the migration's transaction, even if the process dies in it.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        # Released with the transaction, even if the process dies in it.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     elif conn.dialect.name == "sqlite":
-        # Python's sqlite3 opens no transaction for CREATE TABLE by itself: this makes
-        # the migration atomic and takes the write lock before the version is read.
+        # Python's sqlite3 has not begun the transaction yet (it does so lazily, and not at
+        # all for CREATE TABLE): take the write lock now, before anything is read.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -628,7 +630,7 @@ class Store:
     def _migrate(self) -> None:
         assert self._engine is not None
         with self._engine.begin() as conn:
-            _lock_schema(conn)
+            serialize(conn, MIGRATION_LOCK_KEY)
             have = 0
             if sa.inspect(conn).has_table("schema_version"):
                 have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from factory_mas.auth import keys
 from factory_mas.bridges import mqtt
 from factory_mas.errors import FactoryError, StoreError
 from factory_mas.store import (
@@ -225,6 +226,20 @@ async def test_stores_starting_at_once_migrate_once(db: Database) -> None:
     assert db.sql("SELECT version, count(*) FROM schema_version GROUP BY version ORDER BY 1") == [
         (n, 1) for n in range(1, len(MIGRATIONS) + 1)
     ]
+
+
+async def test_instances_starting_at_once_make_one_first_admin_key(db: Database) -> None:
+    async with db.store():
+        pass  # migrated, so the four below only race for the key
+    stores = [db.store() for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.__aenter__() for s in stores))
+        made = await asyncio.gather(*(s.write(keys.add_first) for s in stores))
+    finally:
+        for s in stores:
+            await s.__aexit__()
+    assert sum(m is not None for m in made) == 1
+    assert db.sql("SELECT count(*) FROM api_keys") == [(1,)]
 
 
 async def test_newer_schema_version_is_refused(db: Database) -> None:

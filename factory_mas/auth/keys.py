@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import FactoryError
-from ..store import api_keys, audit_change
+from ..store import FIRST_KEY_LOCK_KEY, api_keys, audit_change, serialize
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
@@ -180,6 +180,8 @@ def count_active(conn: Connection) -> int:
 def add_first(conn: Connection) -> tuple[int, str] | None:
     """An admin key, made only when no active key exists (checked in the same
     transaction); returns (id, key) or None."""
+    # Instances starting at once on one database would otherwise each find no key.
+    serialize(conn, FIRST_KEY_LOCK_KEY)
     if count_active(conn):
         return None
     return add(conn, FIRST_KEY_NAME, "admin", "factory_mas", origin="first-start")
