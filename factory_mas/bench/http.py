@@ -122,6 +122,27 @@ class Tally:
         return sum(n for status, n in self.statuses.items() if not status.startswith("2"))
 
 
+async def post_ingest(client: Any, body: bytes, records: int, tally: Tally) -> None:
+    """POST one JSON array of `records` records to /api/ingest (an httpx.AsyncClient) and
+    count what came of it."""
+    import httpx
+
+    tally.records_posted += records
+    tally.requests += 1
+    try:
+        response = await client.post(
+            "/api/ingest", content=body, headers={"content-type": "application/json"}
+        )
+    except httpx.HTTPError as exc:
+        tally.error(exc)
+        return
+    tally.statuses[str(response.status_code)] += 1
+    if response.status_code in (202, 422):
+        answer = response.json()
+        tally.records_accepted += answer.get("accepted", 0)
+        tally.records_rejected += answer.get("rejected", 0)
+
+
 class Driver:
     """The command handler of the driver process: ingest posts (httpx, as a gateway would
     post) and GET rounds (a minimal keep-alive HTTP/1.1 client: httpx spends a core on
@@ -167,24 +188,6 @@ class Driver:
         self.prepared = [(encode(chunk), len(chunk)) for chunk in chunks]
         return len(self.prepared)
 
-    async def _post(self, body: bytes, records: int, tally: Tally) -> None:
-        import httpx
-
-        tally.records_posted += records
-        tally.requests += 1
-        try:
-            response = await self.http().post(
-                "/api/ingest", content=body, headers={"content-type": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            tally.error(exc)
-            return
-        tally.statuses[str(response.status_code)] += 1
-        if response.status_code in (202, 422):
-            answer = response.json()
-            tally.records_accepted += answer.get("accepted", 0)
-            tally.records_rejected += answer.get("rejected", 0)
-
     async def ingest(self, connections: int) -> dict[str, Any]:
         """Post the prepared arrays over `connections` connections, as fast as answered."""
         tally = Tally()
@@ -193,7 +196,7 @@ class Driver:
 
         async def worker() -> None:
             for body, records in bodies:
-                await self._post(body, records, tally)
+                await post_ingest(self.http(), body, records, tally)
 
         await asyncio.gather(*(worker() for _ in range(connections)))
         return {**tally.figures(), "elapsed_s": time.perf_counter() - began}
@@ -221,7 +224,7 @@ class Driver:
 
         async def post(body: bytes) -> None:
             try:
-                await self._post(body, batch, tally)
+                await post_ingest(self.http(), body, batch, tally)
             finally:
                 gate.release()
 

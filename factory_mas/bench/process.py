@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import msgspec
 from ..data.synthetic import FactorySimulator
 from ..errors import FactoryError
 from ..settings import ENV_NAMES, SETTINGS_FILE_ENV, Settings, as_toml_tree, load_settings
+from .http import Tally, post_ingest
 from .machine import free_port, machine_facts
 from .targets import target, verdict
 
@@ -412,20 +413,10 @@ def ingest_payloads(count: int = PAYLOADS, per: int = PAYLOAD_RECORDS) -> list[l
 
 
 @dataclass
-class Feed:
-    """What the load generator saw: every request's outcome."""
+class Feed(Tally):
+    """What the load generator saw: every request's outcome, and the time spent posting."""
 
-    posted: int = 0
-    accepted: int = 0
-    requests: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
-    transport_errors: int = 0
-    first_error: str = ""
     post_s: float = 0.0
-
-    @property
-    def non_2xx(self) -> int:
-        return sum(n for code, n in self.statuses.items() if not 200 <= code < 300)
 
 
 async def post_records(
@@ -433,29 +424,16 @@ async def post_records(
 ) -> None:
     """POST `count` records over CONNECTIONS concurrent requests, going on through the
     cycle of payloads (`encoded` is `bodies` as JSON) from record `start`."""
-    import httpx
-
-    headers = {"content-type": "application/json"}
     queued = 0
 
     async def worker() -> None:
         nonlocal queued
-        while queued < count and not out.transport_errors:
+        while queued < count and not out.errors:
             i = (start + queued) // PAYLOAD_RECORDS % len(bodies)
             n = min(PAYLOAD_RECORDS, count - queued)
             body = encoded[i] if n == PAYLOAD_RECORDS else msgspec.json.encode(bodies[i][:n])
             queued += n
-            try:
-                response = await client.post("/api/ingest", content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                out.transport_errors += 1
-                out.first_error = out.first_error or f"{type(exc).__name__}: {exc}"
-                return
-            out.posted += n
-            out.requests += 1
-            out.statuses[response.status_code] += 1
-            if response.status_code == 202:
-                out.accepted += int(response.json()["accepted"])
+            await post_ingest(client, body, n, out)
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
@@ -549,18 +527,19 @@ async def _stream(server: ServerProcess, records: int, slugs: list[str]) -> dict
         agents_running_s = time.perf_counter() - server.spawned_at
         before = scored = await agents.scored()
         began = time.perf_counter()
-        while drained and fed.posted < records and not fed.transport_errors:
-            step = min(sample_step(records), records - fed.posted)
-            await post_records(client, bodies, encoded, fed.posted, step, fed)
+        while drained and fed.records_posted < records and not fed.errors:
+            step = min(sample_step(records), records - fed.records_posted)
+            await post_records(client, bodies, encoded, fed.records_posted, step, fed)
             loaded = server.memory()
-            behind = fed.accepted - min(
-                (n - before[s] for s, n in (await agents.scored()).items()), default=fed.accepted
+            behind = fed.records_accepted - min(
+                (n - before[s] for s, n in (await agents.scored()).items()),
+                default=fed.records_accepted,
             )
-            target = {s: before[s] + fed.accepted for s in slugs}
+            target = {s: before[s] + fed.records_accepted for s in slugs}
             scored, drained = await agents.wait(target)
             samples.append(
                 {
-                    "records": fed.accepted,
+                    "records": fed.records_accepted,
                     "seconds": time.perf_counter() - began,
                     "backlog": behind,
                     "rss_loaded_mb": loaded["rss_mb"],
@@ -612,19 +591,19 @@ def memory_run(server: ServerProcess, records: int, slugs: list[str]) -> dict[st
             "records_per_request": PAYLOAD_RECORDS,
             "requests": fed.requests,
             "posting_s": fed.post_s,
-            "accepted_per_s": fed.accepted / fed.post_s if fed.post_s else math.nan,
+            "accepted_per_s": fed.records_accepted / fed.post_s if fed.post_s else math.nan,
             "total_s": run["seconds"],
-            "scored_per_s": fed.accepted / run["seconds"] if run["seconds"] else math.nan,
+            "scored_per_s": fed.records_accepted / run["seconds"] if run["seconds"] else math.nan,
         },
         "consistency": {
-            "records_posted": fed.posted,
-            "records_accepted": fed.accepted,
+            "records_posted": fed.records_posted,
+            "records_accepted": fed.records_accepted,
             "server_accepted": run["server_accepted"],
             "scored": run["scored"],
             "all_scored": run["drained"],
-            "status_codes": {str(k): v for k, v in sorted(fed.statuses.items())},
+            "status_codes": dict(sorted(fed.statuses.items())),
             "non_2xx": fed.non_2xx,
-            "transport_errors": fed.transport_errors,
+            "transport_errors": fed.errors,
             "first_error": fed.first_error,
         },
     }
