@@ -238,9 +238,9 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _end_to_end(
-    settings: Settings, payloads: list[bytes], jpegs: list[bytes]
+    settings: Settings, payloads: list[bytes], records: int, jpegs: list[bytes]
 ) -> dict[str, Any]:
-    records = sum(len(msgspec.json.decode(p)) for p in payloads)
+    """`payloads`: JSON arrays holding `records` records in all."""
     async with bench_app(settings) as c:
         # Warm-up: first batches allocate tensors and caches; not part of the figure.
         await c.intake.accept(msgspec.json.decode(payloads[0]), "bench", journal=True)
@@ -385,7 +385,8 @@ def run_pipeline_bench(settings: Settings, quick: bool) -> dict[str, Any]:
     records = 50_000 if quick else 300_000
     limit = inference_limit(settings, 8_192 if quick else 32_768, 2.0 if quick else 8.0)
     jpegs = camera_frames(8)
-    e2e = asyncio.run(_end_to_end(settings, json_batches(raw_records(records)), jpegs))
+    rows = raw_records(records)
+    e2e = asyncio.run(_end_to_end(settings, json_batches(rows), len(rows), jpegs))
     fixed = asyncio.run(_fixed_load(settings, raw_records(10_000), jpegs, 5.0 if quick else 30.0))
     problems = consistency("end to end", e2e["counts"], e2e["records"], e2e["ppe_frames_sent"])
     problems += consistency(
