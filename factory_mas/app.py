@@ -351,7 +351,7 @@ def build_components(settings: Settings, *, scada_in_background: bool = False) -
             settings.server.port,
             instance_id=settings.instance_id,
             # Acknowledged to the broker once their alarms are committed, not before.
-            alert_sink=orchestrator.submit if role == "control" else None,
+            alert_sink=orchestrator.submit_until_stored if role == "control" else None,
         ),
         Configurator(agents, hub, store),
         BacklogAgent(settings.backlog, hub, store),

@@ -92,7 +92,7 @@ def test_each_role_builds_and_routes_only_what_it_runs(tmp_path: Path) -> None:
     assert ingest.mqtt._subscription("config/+")[0] == "config/+"
     assert ingest.mqtt.alert_sink is None
     assert control.mqtt.settings.subscribe == ["alerts/+", "predictions/+"]
-    assert control.mqtt.alert_sink == control.orchestrator.submit
+    assert control.mqtt.alert_sink == control.orchestrator.submit_until_stored
     alerts, live = (control.mqtt._subscription(f)[1] for f in ("alerts/+", "predictions/+"))
     assert (alerts.QoS, live.QoS) == (1, 0)
     named = build_app(role_settings(tmp_path, "ingest", FACTORY_MQTT_SHARED_GROUP="plant7"))

@@ -429,19 +429,9 @@ class MqttBridge:
             else:
                 self._seen_alerts[alert.id] = None
                 fresh.append(alert)
-        while fresh:
-            try:
-                await self.alert_sink(fresh)
-                break
-            except StoreError as exc:
-                # Unacknowledged meanwhile: the broker keeps them if we die waiting.
-                self.last_error = f"store: {exc}"
-                log.error("mqtt: cannot record alerts, holding them: %s", exc)
-                await asyncio.sleep(1.0)
-            except Exception:
-                # A bug must not hold the stream forever; the orchestrator does the same.
-                log.exception("mqtt: %d alerts from the broker could not be handled", len(fresh))
-                break
+        if fresh:
+            # Unacknowledged until it returns: the broker keeps them if we die waiting.
+            await self.alert_sink(fresh)
         while len(self._seen_alerts) > _SEEN_ALERTS:
             del self._seen_alerts[next(iter(self._seen_alerts))]
 

@@ -171,22 +171,27 @@ class Orchestrator:
                 messages = await self._sub.get_many(_BATCH)
             except SubscriptionClosed:
                 return
-            alerts = [a for m in messages for a in self._alerts_of(m.payload, m.topic)]
-            while alerts:
-                try:
-                    await self.submit(alerts)
-                    break
-                except StoreError as exc:
-                    # Alarms are never dropped: hold the batch until the store is back.
-                    self.counters["store_retries"] += 1
-                    if self.counters["store_retries"] % 60 == 1:
-                        log.error("orchestrator: cannot save alarms, retrying: %s", exc)
-                    await asyncio.sleep(_RETRY_S)
-                except Exception:
-                    # A bug must not stop every later alarm; retrying would loop on it.
-                    self.counters["errors"] += 1
-                    log.exception("orchestrator: %d alerts could not be handled", len(alerts))
-                    break
+            await self.submit_until_stored(
+                [a for m in messages for a in self._alerts_of(m.payload, m.topic)]
+            )
+
+    async def submit_until_stored(self, alerts: Sequence[Alert]) -> None:
+        """submit(), held and retried while the store fails: alarms are never dropped.
+        Returns once they are committed (or found to hit a bug, which is logged)."""
+        while alerts:
+            try:
+                await self.submit(alerts)
+                return
+            except StoreError as exc:
+                self.counters["store_retries"] += 1
+                if self.counters["store_retries"] % 60 == 1:
+                    log.error("orchestrator: cannot save alarms, retrying: %s", exc)
+                await asyncio.sleep(_RETRY_S)
+            except Exception:
+                # A bug must not stop every later alarm; retrying would loop on it.
+                self.counters["errors"] += 1
+                log.exception("orchestrator: %d alerts could not be handled", len(alerts))
+                return
 
     def _alerts_of(self, payload: Any, topic: str) -> list[Alert]:
         items = payload if isinstance(payload, list) else [payload]
