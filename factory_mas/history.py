@@ -21,6 +21,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from typing import Any, TypeVar
@@ -133,6 +134,46 @@ async def query(
     return out
 
 
+@dataclass(frozen=True)
+class HistoryQuery:
+    """The query of GET /api/<slug>/history: ?limit=&machine_id=&camera_id=&since=&until="""
+
+    limit: int
+    machine_id: int | None
+    camera_id: str | None
+    since: float | None
+    until: float | None
+
+    @property
+    def windowed(self) -> bool:
+        return self.since is not None or self.until is not None
+
+    @classmethod
+    def of(cls, request: Request, limit_max: int) -> HistoryQuery:
+        """Read and check it; ApiError 400 naming the parameter that is wrong."""
+        since = query_time(request, "since")
+        until = query_time(request, "until")
+        if since is not None and until is not None and since > until:
+            raise ApiError(
+                400,
+                "bad_query",
+                f"since: {request.query_params['since']!r} is later than until "
+                f"{request.query_params['until']!r}",
+            )
+        return cls(
+            limit=query_int(request, "limit", 100, 1, limit_max) or 100,
+            machine_id=query_int(request, "machine_id", None, 1, 1_000_000),
+            camera_id=request.query_params.get("camera_id") or None,
+            since=since,
+            until=until,
+        )
+
+    async def from_store(self, store: Store, agent_id: str) -> list[Prediction]:
+        return await query(
+            store, agent_id, self.limit, self.machine_id, self.camera_id, self.since, self.until
+        )
+
+
 class StoredHistory:
     """/api/<slug>/history from the store alone, where the agent does not run (the
     control role: the ingest instances score and store the predictions).
@@ -147,13 +188,7 @@ class StoredHistory:
 
     async def history_route(self, request: Request) -> Response:
         """Newest (last written) first."""
-        limit = query_int(request, "limit", 100, 1, self.limit_max) or 100
-        machine_id = query_int(request, "machine_id", None, 1, 1_000_000)
-        camera_id = request.query_params.get("camera_id") or None
-        since = query_time(request, "since")
-        until = query_time(request, "until")
-        if since is not None and until is not None and since > until:
-            raise ApiError(400, "bad_query", "since is later than until")
+        q = HistoryQuery.of(request, self.limit_max)
         source = request.query_params.get("source") or "store"
         if source != "store":
             raise ApiError(
@@ -162,7 +197,7 @@ class StoredHistory:
                 f"source: only store here, got {source!r}: {self.agent_id} runs on the "
                 "ingest instances, which keep its recent predictions in memory",
             )
-        items = await query(self.store, self.agent_id, limit, machine_id, camera_id, since, until)
+        items = await q.from_store(self.store, self.agent_id)
         return json_response(
             {"agent_id": self.agent_id, "source": source, "count": len(items), "predictions": items}
         )

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .. import history
-from ..api import ApiError, json_response, query_int, query_time, read_json, rejected_response
+from ..api import ApiError, json_response, read_json, rejected_response
 from ..data.schema import parse_many
 from ..errors import FactoryError, StoreError
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
@@ -584,29 +584,17 @@ class BaseAgent(abc.ABC):
     async def history_route(self, request: Request) -> Response:
         """Newest first. Memory holds the last `history_size`; the store holds the days
         before, so a time window (since/until on record_ts) is answered from the store."""
-        limit = query_int(request, "limit", 100, 1, HISTORY_LIMIT_MAX) or 100
-        machine_id = query_int(request, "machine_id", None, 1, 1_000_000)
-        camera_id = request.query_params.get("camera_id") or None
-        since = query_time(request, "since")
-        until = query_time(request, "until")
-        if since is not None and until is not None and since > until:
-            raise ApiError(
-                400,
-                "bad_query",
-                f"since: {request.query_params['since']!r} is later than until "
-                f"{request.query_params['until']!r}",
-            )
-        windowed = since is not None or until is not None
-        source = request.query_params.get("source") or ("store" if windowed else "memory")
+        q = history.HistoryQuery.of(request, HISTORY_LIMIT_MAX)
+        source = request.query_params.get("source") or ("store" if q.windowed else "memory")
         if source == "store":
-            items = await history.query(
-                self.ctx.store, self.agent_id, limit, machine_id, camera_id, since, until
-            )
+            items = await q.from_store(self.ctx.store, self.agent_id)
         elif source == "memory":
             items = (
-                history.newest(reversed(self.history), limit, machine_id, camera_id, since, until)
-                if windowed
-                else self.recent(limit, machine_id, camera_id)
+                history.newest(
+                    reversed(self.history), q.limit, q.machine_id, q.camera_id, q.since, q.until
+                )
+                if q.windowed
+                else self.recent(q.limit, q.machine_id, q.camera_id)
             )
         else:
             raise ApiError(400, "bad_query", f"source: expected memory or store, got {source!r}")
