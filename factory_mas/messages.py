@@ -140,6 +140,13 @@ class Alarm(Struct, kw_only=True):
     shelved_by: str | None = None
     cleared_at: datetime | None = None
     comments: list[AlarmComment] = msgspec.field(default_factory=list)
+    # Times it became active: the raise and every return after a clear.
+    activations: int = 1
+    # Activated chatter_count times within chatter_window_s (set once, kept).
+    chattering: bool = False
+    # One of many alarms of its source and type at once (a common cause): listed and
+    # audited, but annunciated by its group alarm (same source and type, no subject).
+    grouped: bool = False
 
 
 class AlarmEvent(Struct, kw_only=True):
@@ -147,7 +154,10 @@ class AlarmEvent(Struct, kw_only=True):
 
     alarm_id: int
     at: datetime
-    kind: str  # raised, escalated, reactivated, cleared, acked, shelved, unshelved, comment
+    # raised, escalated, reactivated, cleared, acked, shelved, unshelved, comment; and,
+    # not annunciated: reactivated_shelved (returned while shelved), raised_grouped and
+    # reactivated_grouped (a member of a group alarm); chattering (marked by the system)
+    kind: str
     by: str  # the agent or the operator
     state: AlarmState
     level: Level

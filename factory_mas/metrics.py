@@ -199,10 +199,16 @@ def _orchestrator(o: Orchestrator) -> Iterable[Metric]:
     by_state = cast(Mapping[str, int], counts["by_state"])
     by_level = cast(Mapping[str, int], counts["by_level"])
     yield _by(GaugeMetricFamily, "alarms_open", "Open alarms by ISA-18.2 state.", "state", by_state)
+    yield _gauge("alarms_active", "Alarms whose condition is present.", cast(int, counts["active"]))
+    yield _gauge(
+        "alarms_unacknowledged",
+        "Open alarms nobody has acknowledged (active or cleared).",
+        cast(int, counts["unacknowledged"]),
+    )
     yield _by(
         GaugeMetricFamily,
-        "alarms_open_by_level",
-        "Open alarms by highest level.",
+        "alarms_active_by_level",
+        "Active alarms by current level (they add up to alarms_active).",
         "level",
         by_level,
     )
@@ -210,7 +216,15 @@ def _orchestrator(o: Orchestrator) -> Iterable[Metric]:
     yield _gauge("alarm_flood", "1 during an alarm flood.", o.flood.active)
     n = o.counters
     yield _counter("orchestrator_alerts", "Alerts received from agents and the API.", n["alerts"])
-    yield _counter("alarms_raised", "Alarms raised (new annunciations).", n["alarms_raised"])
+    yield _counter("alarms_raised", "Alarms raised (new alarms).", n["alarms_raised"])
+    yield _counter(
+        "alarm_activations",
+        "Annunciations (ISA-18.2 activations): alarms raised and alarms that returned.",
+        n["activations"],
+    )
+    yield _counter(
+        "alarms_chattering", "Alarms found chattering (marked once each).", n["chattering"]
+    )
     yield _counter("decisions", "Decisions (action plans) made.", n["decisions"])
     yield _counter("orchestrator_errors", "Alerts the orchestrator failed to handle.", n["errors"])
 

@@ -122,13 +122,24 @@ class ReplaySettings(_Section):
     rate: Annotated[float, Meta(ge=0)] = 50.0
     seed: int = 7
     machines: Annotated[int, Meta(ge=1, le=10_000)] = 50
-    step_minutes: PositiveFloat = 1.0
+    # Plant time per round of one record per machine: at 50 records/s, 15 s of plant time
+    # pass each second, so a demo shows a few genuine faults per 10 minutes (about 4.5 on
+    # average, measured by `bench --alarms`), as a plant at ISA-18.2's manageable rate.
+    step_minutes: PositiveFloat = 0.25
     # A CSV file (the Kaggle dataset's header names) replayed instead of synthetic data.
     csv: str = ""
     loop: bool = True
     # Simulated cameras sending frames of workers to the PPE agent; 0 = none.
     cameras: Annotated[int, Meta(ge=0, le=100)] = 2
     camera_fps: Annotated[float, Meta(gt=0, le=100)] = 1.0
+
+
+Seconds = Annotated[float, Meta(ge=0, le=86_400)]
+
+
+class AlarmDelay(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    on_s: Seconds = 0.0
+    off_s: Seconds = 0.0
 
 
 class AgentSettings(_Section):
@@ -138,15 +149,58 @@ class AgentSettings(_Section):
     # Predictions at or above this level raise an alert when a machine's level changes.
     alert_min_level: Level = "WARNING"
     ws_queue_size: Annotated[int, Meta(ge=1, le=100_000)] = 256
+    # Alarm on-delay: a level in the alarm band is told to the orchestrator once it has
+    # held this long (seconds of record time). Off-delay: the return to normal likewise.
+    on_delay_s: Seconds = 0.0
+    off_delay_s: Seconds = 0.0
+    # Levels from this one up skip the on-delay: an evacuation does not wait.
+    on_delay_skip_level: Level = "EMERGENCY"
+    # Alert type -> its own on/off-delay, e.g. {IDLE_WASTE = {on_s = 300, off_s = 60}}.
+    type_delays: dict[str, AlarmDelay] = field(default_factory=dict)
+
+    def delays_for(self, alert_type: str) -> tuple[float, float]:
+        """The (on, off) delays of an alert type of this agent."""
+        d = self.type_delays.get(alert_type)
+        return (self.on_delay_s, self.off_delay_s) if d is None else (d.on_s, d.off_s)
 
 
-class PmSettings(AgentSettings):
+class ConditionedSettings(AgentSettings):
+    """An agent that scores telemetry records one machine at a time."""
+
+    # Each machine's scores are smoothed over about this many of its records (an EWMA;
+    # 1 = none); predictions carry the raw score beside the smoothed one.
+    smoothing_records: Annotated[int, Meta(ge=1, le=10_000)] = 1
+    # A level is left only once its score is this far back under the level's threshold
+    # (hysteresis), in the units of the agent's score (a probability for most).
+    deadband: Annotated[float, Meta(ge=0, le=1)] = 0.05
+
+
+class PmSettings(ConditionedSettings):
+    # The forest's RUL for one record is a noisy witness (60-80 h apart from one record to
+    # the next on a steady machine); its trend over about an hour of records is not.
+    smoothing_records: Annotated[int, Meta(ge=1, le=10_000)] = 60
+    deadband: Annotated[float, Meta(ge=0, le=1)] = 0.05
     failure_probability_emergency: Probability = 0.8
+    # The classifier's (smoothed) chance of failing within 24 h that is already worth
+    # planning for: it rises a day or more before the RUL trend crosses 72 h (measured in
+    # `bench --alarms`). 1 turns it off.
+    failure_probability_warning: Probability = 0.1
     rul_critical_hours: PositiveFloat = 24.0
     rul_warning_hours: PositiveFloat = 72.0
     rul_caution_hours: PositiveFloat = 168.0
+    # A RUL level is left only once the trend is this many hours above its threshold.
+    rul_deadband_hours: Annotated[float, Meta(ge=0, le=1000)] = 12.0
+    # Remaining life changes over hours: a minute's wait costs nothing and an alarm
+    # cleared by one optimistic minute would come straight back.
+    on_delay_s: Seconds = 60.0
+    off_delay_s: Seconds = 300.0
 
     def __post_init__(self) -> None:
+        if self.failure_probability_warning > self.failure_probability_emergency:
+            raise ValueError(
+                f"failure_probability_warning ({self.failure_probability_warning}) must not "
+                f"exceed failure_probability_emergency ({self.failure_probability_emergency})"
+            )
         if not self.rul_critical_hours < self.rul_warning_hours < self.rul_caution_hours:
             raise ValueError(
                 "rul_critical_hours < rul_warning_hours < rul_caution_hours must hold, got "
@@ -154,7 +208,13 @@ class PmSettings(AgentSettings):
             )
 
 
-class EnergySettings(AgentSettings):
+class EnergySettings(ConditionedSettings):
+    # Power surges last minutes: three records' smoothing and a short on-delay keep a
+    # single spike (a motor starting) from alarming; the off-delay rides out the dips.
+    smoothing_records: Annotated[int, Meta(ge=1, le=10_000)] = 2
+    deadband: Annotated[float, Meta(ge=0, le=1)] = 0.1
+    on_delay_s: Seconds = 5.0
+    off_delay_s: Seconds = 30.0
     # The anomaly score is calibrated at training so that 0.5 is the cut that best separated
     # power surges (injected anomalies, electrical faults); raise it for fewer, surer alarms.
     anomaly_score_threshold: Probability = 0.5
@@ -184,7 +244,11 @@ class EnergySettings(AgentSettings):
 HazardType = Literal["FIRE_RISK", "MECHANICAL_HAZARD", "ELECTRICAL_HAZARD"]
 
 
-class CyberSettings(AgentSettings):
+class CyberSettings(ConditionedSettings):
+    # The run of anomalous records below is the on-delay already; a calmer record in an
+    # attack must not end it (deadband) nor clear its alarm (off-delay).
+    deadband: Annotated[float, Meta(ge=0, le=1)] = 0.1
+    off_delay_s: Seconds = 30.0
     # Threat rises with the run of anomalous records of one machine: one odd reading is
     # often a glitch, three in a row (three minutes at one record a minute) is a pattern,
     # ten is a sustained attack.
@@ -215,7 +279,11 @@ class CyberSettings(AgentSettings):
             )
 
 
-class SafetySettings(AgentSettings):
+class SafetySettings(ConditionedSettings):
+    # Hazards alarm on their first record (no smoothing, no on-delay); they clear only
+    # after ten quiet seconds.
+    deadband: Annotated[float, Meta(ge=0, le=1)] = 0.1
+    off_delay_s: Seconds = 10.0
     # hazard_score = 1 - P(no hazard). From 0.5 a hazard is likelier than not: alert.
     hazard_score_caution: Probability = 0.3
     hazard_score_warning: Probability = 0.5
@@ -245,6 +313,9 @@ PpeItem = Literal["helmet", "boots", "pants", "shirt"]
 
 
 class PpeSettings(AgentSettings):
+    # The frame window below already smooths; the off-delay keeps a worker who turns
+    # away for a moment from clearing and re-raising the violation.
+    off_delay_s: Seconds = 5.0
     # Empty: the CNN shipped in artifacts/. Otherwise an operator's own .tflite and its
     # labels file; both or neither.
     model_path: str = ""
@@ -488,12 +559,32 @@ class OrchestratorSettings(_Section):
     max_shelve_s: PositiveFloat = 28800.0
     # How many recent alerts and decisions system-state lists.
     recent_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    # A chattering alarm activates chatter_count times within chatter_window_s (record
+    # time). It is marked and counted; with chatter_policy "shelve" the system shelves it
+    # for chatter_shelve_s (audited, by "system") unless it has reached
+    # chatter_shelve_below, which always stays in front of the operator. "mark" only marks.
+    chatter_count: Annotated[int, Meta(ge=2, le=1000)] = 3
+    chatter_window_s: PositiveFloat = 60.0
+    chatter_policy: Literal["shelve", "mark"] = "shelve"
+    chatter_shelve_s: PositiveFloat = 1800.0
+    chatter_shelve_below: Level = "CRITICAL"
+    # Common cause: when group_min_alarms alarms of one source and type have activated
+    # within group_window_s (a network attack on every machine, a plant-wide power dip),
+    # the next ones are annunciated as one group alarm (no machine) instead of one each.
+    # They are still listed and audited, and the group clears when they all have. 0: off.
+    group_min_alarms: Annotated[int, Meta(ge=0, le=10_000)] = 2
+    group_window_s: PositiveFloat = 60.0
 
     def __post_init__(self) -> None:
         if self.flood_end_below > self.flood_threshold:
             raise ValueError(
                 f"flood_end_below ({self.flood_end_below}) must not exceed flood_threshold "
                 f"({self.flood_threshold})"
+            )
+        if self.chatter_shelve_s > self.max_shelve_s:
+            raise ValueError(
+                f"chatter_shelve_s ({self.chatter_shelve_s}) must not exceed max_shelve_s "
+                f"({self.max_shelve_s})"
             )
         if self.default_shelve_s > self.max_shelve_s:
             raise ValueError(

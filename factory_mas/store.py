@@ -375,7 +375,17 @@ def _v8(conn: Connection) -> None:
         conn.execute(sms_outbox_alarms.insert(), links)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+alarm_events_by_time = sa.Index("alarm_events_at", alarm_events.c.at, alarm_events.c.kind)
+
+
+def _v9(conn: Connection) -> None:
+    # The alarm KPIs and the flood window read the audit trail by time.
+    alarm_events_by_time.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9
+]  # fmt: skip
 
 
 # Statements on the hot paths are built once: building one per call (`.values(...)`,

@@ -83,6 +83,14 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+def without_off_delay(settings: Settings, *agents: str) -> Settings:
+    """`settings` with these agents' off-delays at 0: the return to normal is told at the
+    first NORMAL record (tests of other things feed records faster than real time)."""
+    replace = msgspec.structs.replace
+    changed = {name: replace(getattr(settings.agents, name), off_delay_s=0.0) for name in agents}
+    return replace(settings, agents=replace(settings.agents, **changed))
+
+
 @asynccontextmanager
 async def agent_context(settings: Settings) -> AsyncIterator[AgentContext]:
     """The real shared services an agent needs, started and stopped around the block."""

@@ -28,7 +28,8 @@ class Episode:
 
 def attack_episode() -> Episode:
     """The shortest simulated attack long enough to reach CRITICAL, with calm around it."""
-    lead, tail, shortest = 3, 2, 12
+    # The tail outlasts the off-delay: two calm records after the first back at NORMAL.
+    lead, tail, shortest = 3, 4, 12
     cols = FactorySimulator(seed=21, machines=50, step_minutes=1.0).run(1500).columns
     found = []  # (length, machine, first row of the attack)
     for machine in range(1, 51):

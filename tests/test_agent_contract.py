@@ -31,13 +31,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from factory_mas.agents.base import EVERYTHING, AgentContext, BaseAgent
+from factory_mas.agents.conditioning import Gate, gate_step
 from factory_mas.agents.pm import logic
 from factory_mas.agents.pm.agent import PmAgent
 from factory_mas.api import EXCEPTION_HANDLERS
 from factory_mas.data.schema import parse_record
 from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.hub import Subscription
-from factory_mas.levels import should_alert
+from factory_mas.levels import RANK
 from factory_mas.messages import RETURN_TO_NORMAL, Alert, Prediction, TelemetryRecord
 from factory_mas.settings import LEVELS, AgentSettings, Settings
 from factory_mas.ws import WsClient
@@ -594,8 +595,11 @@ class TestPmAgent(AgentContract):
         predictions = await agent.process(records)
         t = agent.settings
         assert len(predictions) == len(records)
+        last: dict[int, str] = {}
         for r, p in zip(records, predictions, strict=True):
             res = p.result
+            assert 0.0 <= res["failure_probability_raw"] <= 1.0
+            assert res["rul_hours_raw"] >= 0.0
             assert 0.0 <= res["failure_probability"] <= 1.0
             assert res["rul_hours"] >= 0.0
             assert 0.0 <= res["health_score"] <= 100.0
@@ -603,12 +607,16 @@ class TestPmAgent(AgentContract):
             in_maintenance = r.operation_mode == "Maintenance"
             # The result is rounded (4 places, 0.1 h); the level came from the exact values.
             fp, rul = res["failure_probability"], res["rul_hours"]
+            # Hysteresis: the level also depends on the machine's previous one (a repair
+            # starts its memory afresh).
+            previous = None if in_maintenance else last.get(r.machine_id)
             possible = {
-                logic.level_for(fp + dp, max(0.0, rul + dr), in_maintenance, t)
+                logic.level_for(fp + dp, max(0.0, rul + dr), in_maintenance, t, previous)
                 for dp in (-5e-5, 5e-5)
                 for dr in (-0.05, 0.05)
             }
             assert p.level in possible
+            last[r.machine_id] = p.level
             assert res["action"] == logic.action_for(p.level, in_maintenance)
             assert res["health_score"] == pytest.approx(logic.health_score(fp, rul, t), abs=0.2)
             assert res["confidence"] == pytest.approx(logic.confidence(fp), abs=2e-3)
@@ -626,14 +634,28 @@ class TestPmAgent(AgentContract):
         predictions = await agent.process(validated(frame.records()))
 
         expected: list[tuple[int, str]] = []
-        last: dict[int, str] = {}
+        # What the alarm gate makes of the predictions, with the agent's own delays.
+        s = agent.settings
+        gates: dict[int, Gate] = {}
         for p in predictions:
-            previous = last.get(p.machine_id)
-            if should_alert(previous, p.level, agent.settings.alert_min_level):
+            gate = gates.setdefault(p.machine_id, Gate())
+            in_band = RANK[p.level] >= RANK[s.alert_min_level]
+            on_s = s.delays_for(agent.make_alert(p).type if in_band else "")[0]
+            off_s = s.delays_for(gate.reported_type)[1]
+            told = gate_step(
+                gate,
+                p.level,
+                p.record_ts.timestamp(),
+                s.alert_min_level,
+                on_s,
+                off_s,
+                s.on_delay_skip_level,
+            )
+            if told == "alert":
+                gate.reported_type = agent.make_alert(p).type
                 expected.append((p.machine_id, p.level))
-            elif p.level == "NORMAL" and previous not in (None, "NORMAL"):
+            elif told == "normal":
                 expected.append((p.machine_id, "NORMAL"))  # return to normal
-            last[p.machine_id] = p.level
         raised = [e for e in expected if e[1] != "NORMAL"]
         assert raised, "40 ticks of 30 min over 20 machines should raise some alert"
         assert len(raised) < len(expected), "... and some machine should come back to normal"

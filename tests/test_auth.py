@@ -49,6 +49,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/orchestrator/alarms/{alarm_id}"): "viewer",
     ("POST", "/api/orchestrator/alarms/{alarm_id}/{action}"): "operator",
     ("GET", "/api/orchestrator/decisions"): "viewer",
+    ("GET", "/api/orchestrator/kpis"): "viewer",
     (WEBSOCKET, "/api/orchestrator/ws"): "viewer",
     ("POST", "/api/planner/plan"): "operator",
     ("GET", "/api/planner/playbooks"): "viewer",

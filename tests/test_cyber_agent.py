@@ -21,11 +21,12 @@ from factory_mas.agents.cyber.agent import CyberAgent
 from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.settings import AgentSettings, DataSettings, Settings
 
-from .conftest import record, running_app
+from .conftest import record, running_app, without_off_delay
 from .scenarios import Episode, attack_episode, one_machine
 from .test_agent_contract import AgentContract, drain, validated
 
 RESULT_FIELDS = {
+    "anomaly_score_raw",
     "anomaly_score",
     "is_anomaly",
     "threat_level",
@@ -128,6 +129,8 @@ async def test_history_and_status_routes_show_what_was_scored(settings):
 
 
 async def test_a_simulated_attack_is_detected_escalates_and_raises_alerts(settings, episode):
+    # The return to normal at the first calm record: the off-delay has its own tests.
+    settings = without_off_delay(settings, "cyber")
     async with running_app(settings) as (components, client):
         alerts = components.hub.subscribe("alerts/cyber_agent", name="test")
         # One record at a time, as a gateway streams them.

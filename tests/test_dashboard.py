@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -286,4 +287,125 @@ def test_pages_fit_the_screen(server_factory, viewport):
                 on_nav = True
                 break
         assert on_nav, "Tab from the top does not reach the navigation links"
+        assert_no_errors(console)
+
+
+# -- 7. alarm performance (ISA-18.2 KPIs) ---------------------------------------------------
+
+
+def kpi_alert(source: str, kind: str, at: str, level: str = "WARNING", **where) -> dict:
+    return {
+        "source": source,
+        "type": kind,
+        "level": level,
+        "details": "kpi",
+        "timestamp": at,
+        **where,
+    }
+
+
+def kpi_rows(page: Page) -> list[list[str]]:
+    rows = page.locator('#alarm-kpis [data-testid="kpi-top"] tr')
+    return [
+        [cell.strip() for cell in rows.nth(i).locator("td").all_inner_texts()]
+        for i in range(rows.count())
+    ]
+
+
+def test_alarm_performance_panel(server_factory):
+    server = server_factory()
+    # Every activation at one instant, so they fall in one 10-minute period whatever the
+    # window's edges; the old alarm is active for more than 24 h (stale) and outside the
+    # 24-hour window.
+    now = datetime.now(UTC)
+    at = (now - timedelta(minutes=2)).isoformat()
+    old = (now - timedelta(hours=26)).isoformat()
+    html = {"source": "<i>ext</i>", "type": "<b>KPI_HTML</b>", "camera_id": "cam-<u>1</u>"}
+    answer = server.post(
+        "/api/orchestrator/alert",
+        [
+            kpi_alert("test_source", "TEST_TYPE", at, machine_id=7),
+            kpi_alert("test_source", "TEST_TYPE_2", at, machine_id=8),
+            kpi_alert(html["source"], html["type"], at, "CAUTION", camera_id=html["camera_id"]),
+            kpi_alert("test_source", "OLD_TYPE", old, machine_id=9),
+        ],
+    )
+    assert answer.status_code == 202, answer.text
+    ids = [a["id"] for a in answer.json()["alarms"]]
+    assert len(ids) == 4, answer.text
+    acked = server.post(f"/api/orchestrator/alarms/{ids[0]}/ack", {"by": "e2e"})
+    assert acked.status_code == 200, acked.text
+    shelved = server.post(
+        f"/api/orchestrator/alarms/{ids[1]}/shelve", {"by": "e2e", "duration_s": 3600}
+    )
+    assert shelved.status_code == 200, shelved.text
+
+    with chromium() as (page, console):
+        open_dashboard(page, server, "overview")
+        panel = page.locator("#alarm-kpis")
+        expect(panel.locator("h2")).to_have_text("Alarm performance (ISA-18.2)")
+        expect(page.locator("#kpi-window")).to_have_value("86400")
+        expect(panel).to_have_attribute("data-window", "86400", timeout=WAIT_MS)
+
+        def kpi(name: str):
+            return panel.locator(f'[data-testid="{name}"]')
+
+        expect(kpi("kpi-activations")).to_have_text("3")
+        # 3 activations over 144 periods, as the server rounds it.
+        assert number_in(kpi("kpi-avg").inner_text()) == pytest.approx(0.02)
+        expect(kpi("kpi-peak")).to_have_text("3")
+        expect(kpi("kpi-target")).to_contain_text("10 per 10 min")
+        for name in ("kpi-avg", "kpi-peak"):
+            expect(kpi(name)).not_to_have_class(re.compile(r"\bbad\b"))
+        expect(kpi("kpi-flood-pct")).to_have_text("0 %")
+        expect(kpi("kpi-flood-periods")).to_have_text("0 of 144 periods with > 10")
+        expect(kpi("kpi-chattering")).to_have_text("0")
+        expect(kpi("kpi-standing")).to_have_text("4")
+        expect(kpi("kpi-stale")).to_have_text("1")
+        expect(kpi("kpi-shelved")).to_have_text("1")
+        duration = re.compile(r"^\d+(\.\d)? (s|min|h)$")
+        expect(kpi("kpi-ack-p50")).to_have_text(duration)
+        expect(kpi("kpi-ack-p90")).to_have_text(duration)
+        expect(kpi("kpi-ack-count")).to_have_text("1 acknowledged")
+
+        rows = kpi_rows(page)
+        assert sorted(rows) == sorted(
+            [
+                ["test_source", "TEST_TYPE", "machine 7", "1", "33.3 %"],
+                ["test_source", "TEST_TYPE_2", "machine 8", "1", "33.3 %"],
+                [html["source"], html["type"], html["camera_id"], "1", "33.3 %"],
+            ]
+        ), rows
+        # Text from alerts is shown as text, never as markup.
+        assert kpi("kpi-top").locator("b, i, u").count() == 0
+
+        # The window selector refetches at once: 3 activations in 6 periods.
+        page.select_option("#kpi-window", "3600")
+        expect(panel).to_have_attribute("data-window", "3600", timeout=WAIT_MS)
+        expect(kpi("kpi-activations")).to_have_text("3")
+        assert number_in(kpi("kpi-avg").inner_text()) == pytest.approx(0.5)
+        expect(kpi("kpi-flood-periods")).to_have_text("0 of 6 periods with > 10")
+
+        # More than 10 in one period is a flood (ISA-18.2): the peak is marked.
+        burst = [
+            kpi_alert(f"burst-{i}", f"BURST_{i}", at, "CRITICAL", machine_id=100 + i)
+            for i in range(11)
+        ]
+        answer = server.post("/api/orchestrator/alert", burst)
+        assert answer.status_code == 202, answer.text
+        page.select_option("#kpi-window", "28800")
+        expect(panel).to_have_attribute("data-window", "28800", timeout=WAIT_MS)
+        expect(kpi("kpi-activations")).to_have_text("14")
+        expect(kpi("kpi-peak")).to_have_text("14")
+        expect(kpi("kpi-peak")).to_have_class(re.compile(r"\bbad\b"))
+        expect(kpi("kpi-avg")).not_to_have_class(re.compile(r"\bbad\b"))
+        expect(kpi("kpi-flood-pct")).to_have_text("2.1 %")
+        expect(kpi("kpi-flood-periods")).to_have_text("1 of 48 periods with > 10")
+        expect(kpi("kpi-top").locator("tr")).to_have_count(10)
+
+        # The week includes the old alarm's activation.
+        page.select_option("#kpi-window", "604800")
+        expect(panel).to_have_attribute("data-window", "604800", timeout=WAIT_MS)
+        expect(kpi("kpi-activations")).to_have_text("15")
+        shot(page, "overview-alarm-kpis")
         assert_no_errors(console)

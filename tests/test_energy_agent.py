@@ -29,6 +29,7 @@ from .conftest import REPO, record, running_app
 from .test_agent_contract import AgentContract, drain, validated
 
 RESULT_FIELDS = {
+    "anomaly_score_raw",
     "consumption_kw",
     "forecast_kw",
     "baseline_kw",
@@ -209,17 +210,19 @@ class TestEnergyAgent(AgentContract):
         assert not any(p["result"]["is_anomaly"] for p in calm)
         assert {p["level"] for p in calm} == {"NORMAL"}
         flagged = [p for p in anomaly if p["result"]["is_anomaly"]]
-        assert anomaly[0] in flagged, "the first anomalous reading must be caught"
+        # Scores are smoothed (an EWMA over about two records): caught within three.
+        assert any(p in flagged for p in anomaly[:3])
         assert len(flagged) >= 0.8 * len(anomaly)
         assert all(RANK[p["level"]] >= RANK["WARNING"] for p in flagged)
-        first = anomaly[0]["result"]
+        assert all(p["result"]["anomaly_score_raw"] >= 0.5 for p in anomaly[:2])
+        first = flagged[0]["result"]
         assert first["consumption_kw"] > 1.4 * first["forecast_kw"]
         assert any("above forecast" in text for text in first["recommendations"])
 
         assert published, "an anomaly at WARNING or worse must raise an alert"
         assert {a.machine_id for a in published} == {episode.machine_id}
         assert {a.type for a in published} == {"POWER_ANOMALY"}
-        assert published[0].level == anomaly[0]["level"]
+        assert published[0].level in {p["level"] for p in flagged}
         assert f"Machine {episode.machine_id} draws" in published[0].details
 
     async def test_an_idle_machine_drawing_its_active_level_is_told_so(self, settings):

@@ -79,7 +79,8 @@ async def test_concurrent_duplicate_alerts_make_one_alarm_with_the_right_count(s
 
 
 async def test_alarm_keys_are_source_type_and_machine(settings):
-    async with running_app(settings) as (_, client):
+    # One alarm per machine, not one group for the many (tests of test_alarm_kpis.py).
+    async with running_app(tuned(settings, group_min_alarms=0)) as (_, client):
         await post_alert(client, alert())
         await post_alert(client, alert(machine_id=8))
         await post_alert(client, alert(type="ELECTRICAL_HAZARD"))
@@ -203,7 +204,9 @@ async def test_shelved_alarm_returns_by_itself(settings):
 
 
 async def test_flood_groups_low_priority_alarms_and_ends(settings):
-    settings = tuned(settings, flood_window_s=1.5, flood_threshold=10, flood_end_below=5)
+    settings = tuned(
+        settings, flood_window_s=1.5, flood_threshold=10, flood_end_below=5, group_min_alarms=0
+    )
     async with running_app(settings) as (components, client):
         for machine in range(1, 11):
             await post_alert(client, alert(machine, level="WARNING", type="POWER_ANOMALY"))
@@ -284,7 +287,7 @@ async def test_playbooks_decide_the_action_and_priority(settings):
 
 
 async def test_system_state_lists_newest_first_with_counts(settings):
-    async with running_app(settings) as (components, client):
+    async with running_app(tuned(settings, group_min_alarms=0)) as (components, client):
         for machine in (1, 2, 3):
             await post_alert(
                 client, alert(machine, level="CRITICAL" if machine == 2 else "WARNING")

@@ -308,7 +308,10 @@ def test_counts_by_state_level_and_shelved() -> None:
         "CLEARED_UNACK": 1,
         "CLEARED_ACK": 0,
     }
-    assert dict(result["by_level"]) == {"CAUTION": 0, "WARNING": 2, "CRITICAL": 1, "EMERGENCY": 1}
+    # Active alarms by their current level: they add up to "active".
+    assert dict(result["by_level"]) == {"CAUTION": 0, "WARNING": 3, "CRITICAL": 0, "EMERGENCY": 0}
+    assert (result["active"], result["unacknowledged"]) == (3, 3)
+    assert sum(result["by_level"].values()) == result["active"]
 
 
 def test_flood_starts_above_ten_in_ten_minutes() -> None:

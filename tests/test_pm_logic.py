@@ -7,12 +7,13 @@ import itertools
 import pytest
 
 from factory_mas.agents.pm import logic
-from factory_mas.levels import RANK, should_alert, worst
+from factory_mas.levels import RANK, worst
 from factory_mas.settings import LEVELS, PmSettings
 
 DEFAULT = PmSettings()
 # Deliberately unlike the defaults, to show the thresholds come from settings.
 CUSTOM = PmSettings(
+    failure_probability_warning=0.3,
     failure_probability_emergency=0.5,
     rul_critical_hours=10.0,
     rul_warning_hours=20.0,
@@ -32,12 +33,14 @@ def test_the_defaults_are_the_ones_in_the_design():
 
 def boundary_cases(t: PmSettings) -> list[tuple[float, float, str]]:
     """(failure probability, RUL hours, level) exactly at and just below every threshold."""
-    low_p = t.failure_probability_emergency / 2
+    low_p = t.failure_probability_warning / 2
     far = t.rul_caution_hours * 3
     return [
-        # failure probability: >= the threshold is EMERGENCY
+        # failure probability: >= each threshold is its level
         (t.failure_probability_emergency, far, "EMERGENCY"),
-        (t.failure_probability_emergency - JUST_BELOW, far, "NORMAL"),
+        (t.failure_probability_emergency - JUST_BELOW, far, "WARNING"),
+        (t.failure_probability_warning, far, "WARNING"),
+        (t.failure_probability_warning - JUST_BELOW, far, "NORMAL"),
         (1.0, far, "EMERGENCY"),
         # RUL: strictly below each threshold takes the worse level
         (low_p, t.rul_critical_hours - JUST_BELOW, "CRITICAL"),
@@ -150,65 +153,7 @@ def test_every_level_has_its_own_action():
     assert {logic.action_for(level, True) for level in LEVELS} == {logic.IN_MAINTENANCE_ACTION}
 
 
-# ------------------------------------------------------------------ levels.should_alert
-
-SHOULD_ALERT = [
-    # previous, current, minimum, alert?
-    (None, "NORMAL", "WARNING", False),
-    (None, "CAUTION", "WARNING", False),
-    (None, "WARNING", "WARNING", True),  # first sight of a machine already in the band
-    (None, "EMERGENCY", "WARNING", True),
-    ("NORMAL", "CAUTION", "WARNING", False),
-    ("NORMAL", "WARNING", "WARNING", True),  # entering the band
-    ("CAUTION", "WARNING", "WARNING", True),
-    ("CAUTION", "CRITICAL", "WARNING", True),
-    ("WARNING", "WARNING", "WARNING", False),  # staying is not news
-    ("WARNING", "CRITICAL", "WARNING", True),  # worse inside the band
-    ("CRITICAL", "EMERGENCY", "WARNING", True),
-    ("CRITICAL", "CRITICAL", "WARNING", False),
-    ("CRITICAL", "WARNING", "WARNING", False),  # easing off is not news
-    ("EMERGENCY", "CAUTION", "WARNING", False),
-    ("EMERGENCY", "NORMAL", "WARNING", False),
-    ("EMERGENCY", "EMERGENCY", "WARNING", False),
-    # other minimums
-    (None, "NORMAL", "NORMAL", True),
-    ("NORMAL", "NORMAL", "NORMAL", False),
-    ("NORMAL", "CAUTION", "NORMAL", True),
-    ("CAUTION", "NORMAL", "NORMAL", False),
-    (None, "CRITICAL", "EMERGENCY", False),
-    ("CRITICAL", "EMERGENCY", "EMERGENCY", True),
-    ("NORMAL", "EMERGENCY", "EMERGENCY", True),
-    ("EMERGENCY", "EMERGENCY", "EMERGENCY", False),
-    ("WARNING", "CRITICAL", "CRITICAL", True),
-    ("EMERGENCY", "CRITICAL", "CRITICAL", False),
-]
-
-
-@pytest.mark.parametrize(("previous", "current", "minimum", "expected"), SHOULD_ALERT)
-def test_should_alert(previous, current, minimum, expected):
-    assert should_alert(previous, current, minimum) is expected
-
-
-def test_should_alert_over_a_machines_day():
-    levels = [
-        "NORMAL",
-        "CAUTION",
-        "WARNING",
-        "WARNING",
-        "CRITICAL",
-        "WARNING",
-        "CRITICAL",
-        "NORMAL",
-        "WARNING",
-    ]
-    alerts, previous = [], None
-    for i, level in enumerate(levels):
-        if should_alert(previous, level, "WARNING"):
-            alerts.append(i)
-        previous = level
-    # Entering WARNING, worsening to CRITICAL, worsening again after easing, re-entering.
-    assert alerts == [2, 4, 6, 8]
-
+# ------------------------------------------------------------------ levels.worst
 
 WORST = [
     ([], "NORMAL"),

@@ -30,7 +30,7 @@ from factory_mas.errors import ArtifactError
 from factory_mas.inference import LiteRtModel
 from factory_mas.settings import Settings, load_settings
 
-from .conftest import ARTIFACTS, REPO, TEST_ENV, running_app
+from .conftest import ARTIFACTS, REPO, TEST_ENV, running_app, without_off_delay
 from .test_agent_contract import collect, drain
 
 PPE = "/api/ppe"
@@ -124,6 +124,8 @@ async def test_an_equipped_worker_is_compliant_in_every_encoding(settings: Setti
 
 
 async def test_a_worker_without_a_helmet_is_one_episode_and_one_alert(settings: Settings) -> None:
+    # Frames posted in a burst carry no time of their own: no off-delay to wait out.
+    settings = without_off_delay(settings, "ppe")
     good = frames(EQUIPPED, 12, first_seed=40)
     bare = frames(NO_HELMET, 6, first_seed=150)
     async with running_app(settings) as (components, client):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from factory_mas.agents.conditioning import Gate, gate_step
 from factory_mas.agents.ppe import logic
 from factory_mas.errors import SettingsError
-from factory_mas.levels import should_alert
 from factory_mas.settings import PpeSettings, load_settings
 
 DEFAULT = PpeSettings()
@@ -164,12 +164,12 @@ def test_levels_follow_the_settings() -> None:
 
 def alerts_for(frames: list[str], t: PpeSettings = DEFAULT) -> list[tuple[int, str]]:
     """(frame index, level) of every alert BaseAgent's rule raises for one camera."""
-    alerts, last = [], None
+    alerts, gate = [], Gate()
     for i, missing in enumerate(replay(frames, t)):
         level = logic.level_for(missing, t)
-        if should_alert(last, level, t.alert_min_level):
+        # One frame a second, no delays: what the gate tells is the level logic alone.
+        if gate_step(gate, level, float(i), t.alert_min_level, 0, 0, "EMERGENCY") == "alert":
             alerts.append((i, level))
-        last = level
     return alerts
 
 

@@ -19,7 +19,13 @@ from .conftest import record
 from .test_agent_contract import AgentContract, drain, validated
 from .test_cyber_agent import one_machine, running_app
 
-RESULT_FIELDS = {"hazard_score", "hazard_type", "safety_score", "evacuation_required"}
+RESULT_FIELDS = {
+    "hazard_score_raw",
+    "hazard_score",
+    "hazard_type",
+    "safety_score",
+    "evacuation_required",
+}
 
 
 def plant_records(n: int, machine_id: int) -> list[dict]:

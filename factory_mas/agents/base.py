@@ -36,12 +36,13 @@ from ..errors import FactoryError, StoreError
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
 from ..inference import Inference, LatencyWindow
 from ..ingest import REJECTED_TOPIC
-from ..levels import RANK, should_alert, worst
+from ..levels import RANK, worst
 from ..messages import RETURN_TO_NORMAL, Alert, Prediction, Rejection, TelemetryRecord
 from ..settings import LEVELS, AgentSettings, Level
 from ..store import Store
 from ..tasks import cancel
 from ..ws import WsClient, frame, stream
+from .conditioning import Conditioner, Gate, SubjectMemory, gate_step
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     state: Any = None
     # The ingest journal's sequence number up to which this checkpoint has scored.
     inbox_cursor: int = 0
+    # Smoothed scores and levels per subject, and what each subject's alarm gate holds.
+    conditioning: list[tuple[int | str, SubjectMemory]] = msgspec.field(default_factory=list)
+    gates: dict[int | str, Gate] = msgspec.field(default_factory=dict)
 
 
 _checkpoint_encoder = msgspec.msgpack.Encoder()
@@ -119,6 +123,9 @@ class BaseAgent(abc.ABC):
         self.counters: Counter[str] = Counter()
         # Latest level per subject: a machine id, or a camera id for PPE.
         self.last_levels: dict[int | str, Level] = {}
+        # Per subject: smoothed scores (score() keeps them) and the alarm gate.
+        self.conditioner = Conditioner()
+        self.gates: dict[int | str, Gate] = {}
         self.latency = LatencyWindow()
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task] = []
@@ -381,25 +388,42 @@ class BaseAgent(abc.ABC):
 
     def _remember(self, predictions: list[Prediction]) -> list[Alert]:
         alerts = []
-        minimum = self.settings.alert_min_level
+        s = self.settings
         self.history.extend(predictions)
         for level, n in Counter(p.level for p in predictions).items():
             self.counters[f"level_{level}"] += n
         for p in predictions:
             subject = p.machine_id if p.machine_id is not None else p.camera_id or ""
-            previous = self.last_levels.get(subject)
-            if previous == p.level:
-                continue  # most predictions: the same level as before is no news
-            if should_alert(previous, p.level, minimum):
-                alerts.append(self.make_alert(p))
-                self.counters["alerts"] += 1
-            elif p.level == "NORMAL" and previous not in (None, "NORMAL"):
-                # The orchestrator clears this subject's alarms on it (ISA-18.2 "return
-                # to normal"). Sent on every way back, not only from the alerting band:
-                # WARNING -> CAUTION -> NORMAL must clear the WARNING alarm too.
-                alerts.append(self.return_to_normal(p))
-                self.counters["returns_to_normal"] += 1
             self.last_levels[subject] = p.level
+            gate = self.gates.get(subject)
+            if gate is None:
+                gate = self.gates[subject] = Gate()
+            elif gate.reported == p.level and gate.rising_since is gate.normal_since is None:
+                continue  # most predictions: the level told is the level seen, no news
+            alert = self.make_alert(p) if RANK[p.level] >= RANK[s.alert_min_level] else None
+            on_s, _ = s.delays_for(alert.type if alert is not None else "")
+            _, off_s = s.delays_for(gate.reported_type)
+            told = gate_step(
+                gate,
+                p.level,
+                p.record_ts.timestamp(),
+                s.alert_min_level,
+                on_s,
+                off_s,
+                s.on_delay_skip_level,
+            )
+            if told == "alert" and alert is not None:
+                gate.reported_type = alert.type
+                alert.timestamp = p.record_ts
+                alerts.append(alert)
+                self.counters["alerts"] += 1
+            elif told == "normal":
+                # The orchestrator clears this subject's alarms of this agent (ISA-18.2
+                # "return to normal"), whatever level they had reached.
+                back = self.return_to_normal(p)
+                back.timestamp = p.record_ts
+                alerts.append(back)
+                self.counters["returns_to_normal"] += 1
         self.counters["predictions"] += len(predictions)
         self.counters["batches"] += 1
         self.last_prediction_at = time.time()
@@ -421,6 +445,8 @@ class BaseAgent(abc.ABC):
         self.history.clear()
         self.counters.clear()
         self.last_levels.clear()
+        self.gates.clear()
+        self.conditioner.restore([])
         try:
             cp = _checkpoint_decoder.decode(raw)
         except msgspec.DecodeError as exc:
@@ -429,6 +455,8 @@ class BaseAgent(abc.ABC):
         self.history.extend(cp.history)
         self.counters.update(cp.counters)
         self.last_levels.update(cp.last_levels)
+        self.gates.update(cp.gates)
+        self.conditioner.restore(cp.conditioning)
         if cp.state is not None:
             self.import_state(cp.state)
         self.inbox_cursor = self.durable_cursor = cp.inbox_cursor
@@ -446,6 +474,8 @@ class BaseAgent(abc.ABC):
             last_levels=dict(self.last_levels),
             state=self.export_state(),
             inbox_cursor=self.inbox_cursor,
+            conditioning=self.conditioner.export(),
+            gates=dict(self.gates),
         )
 
     async def save_checkpoint(self) -> None:

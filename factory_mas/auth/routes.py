@@ -23,15 +23,16 @@ from ..times import iso
 from .keys import AUDIT_TARGET, Principal
 
 AUDIT_LIMIT_MAX = 10_000
-# Alarm events people cause; raised/cleared/escalated come from the agents by the
-# thousand and are each alarm's own history (GET /api/orchestrator/alarms/{id}).
-PEOPLE_ALARM_KINDS = ("acked", "shelved", "unshelved", "comment")
+# Alarm events people cause, and what the system does in their place (a chattering
+# alarm marked and shelved, by "system"); raised/cleared/escalated come from the agents
+# by the thousand and are each alarm's own history (GET /api/orchestrator/alarms/{id}).
+AUDITED_ALARM_KINDS = ("acked", "shelved", "unshelved", "comment", "chattering")
 
 
 def audit(conn: Connection, since: float | None, limit: int) -> list[dict[str, Any]]:
     events = (
         sa.select(alarm_events)
-        .where(alarm_events.c.kind.in_(PEOPLE_ALARM_KINDS))
+        .where(alarm_events.c.kind.in_(AUDITED_ALARM_KINDS))
         .order_by(alarm_events.c.at.desc(), alarm_events.c.id.desc())
         .limit(limit)
     )

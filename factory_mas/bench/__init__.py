@@ -6,7 +6,8 @@ The default run covers the whole path (docs/performance.md explains each figure)
 - pipeline: the scoring ceiling, end to end through the hub, latency at a fixed load;
 - http: ingest batches, /system-state under load against a bare Starlette route,
   WebSocket fan-out;
-- process: start-up to /health ready, and memory while a million records go through.
+- process: start-up to /health ready, and memory while a million records go through;
+- alarms: the demo plant for simulated days, its alarms against the simulator's labels.
 
 Sections for one part at a time: --inference (each agent alone, batch sizes, LiteRT
 against Keras), --mqtt (broker to prediction against raw MQTT), --scada (the cost of the
@@ -72,6 +73,14 @@ SECTIONS: tuple[Section, ...] = (
         "http",
         "run_http_bench",
         "http_report",
+        True,
+    ),
+    Section(
+        "alarms",
+        "the demo plant for simulated days: alarm precision, recall, pm lead, rates",
+        "alarms",
+        "run_alarms_bench",
+        "alarms_report",
         True,
     ),
     Section(

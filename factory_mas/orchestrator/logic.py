@@ -107,9 +107,11 @@ def raise_alarm(alert: Alert) -> Change:
 
 def update_alarm(alarm: Alarm, alert: Alert) -> Change:
     """Another alert for an open alarm: count it; re-annunciate when it got worse or had
-    cleared (an acknowledged alarm that escalates must be seen again)."""
+    cleared (an acknowledged alarm that escalates must be seen again). A shelved alarm
+    that returns is recorded but not annunciated: shelving is for exactly that."""
     escalated = RANK[alert.level] > RANK[alarm.highest_level]
     reactivated = alarm.state == "CLEARED_UNACK"
+    shelved = is_shelved(alarm, alert.timestamp)
     state: AlarmState = alarm.state
     acked_by, acked_at = alarm.acked_by, alarm.acked_at
     if reactivated or (escalated and state == "ACTIVE_ACK"):
@@ -127,15 +129,19 @@ def update_alarm(alarm: Alarm, alert: Alert) -> Change:
         details=alert.details,
         value=alert.value,
         cleared_at=None,
+        activations=alarm.activations + reactivated,
     )
-    if reactivated:
+    if reactivated and shelved:
+        kind, detail = "reactivated_shelved", f"returned at {alert.level} while shelved"
+    elif reactivated:
         kind, detail = "reactivated", f"returned at {alert.level}"
     elif escalated:
         kind, detail = "escalated", f"{alarm.highest_level} -> {alert.level}"
     else:
         return Change(new, None)
     event = _event(new, kind, alert.source, alert.timestamp, detail)
-    return Change(new, event, annunciated=reactivated, plan=True)
+    annunciated = reactivated and not shelved
+    return Change(new, event, annunciated=annunciated, plan=annunciated or escalated)
 
 
 def clear_alarm(alarm: Alarm, by: str, at: datetime) -> Change | None:
@@ -212,25 +218,43 @@ def comment(alarm: Alarm, by: str, at: datetime, text: str) -> Change:
 
 
 def counts(alarms: Iterable[Alarm], now: datetime) -> dict[str, object]:
-    """Open alarms by state and by highest level, plus how many are shelved."""
+    """The one set of alarm counts that system-state, /metrics, SCADA and the dashboard
+    show, so they agree:
+
+    - open: not yet both cleared and acknowledged (what the alarm list holds);
+    - active: the condition is still there (ACTIVE_UNACK + ACTIVE_ACK);
+    - unacknowledged: nobody has acknowledged it yet (ACTIVE_UNACK + CLEARED_UNACK);
+    - by_level: the active alarms by their current level, so they add up to `active`;
+    - shelved: open alarms shelved now (they stay in the other counts too).
+    """
     by_state = Counter({state: 0 for state in ALARM_STATES})
     by_level = Counter({level: 0 for level in LEVELS if level != "NORMAL"})
     shelved = total = 0
     for alarm in alarms:
         total += 1
         by_state[alarm.state] += 1
-        by_level[alarm.highest_level] += 1
+        if alarm.state in ACTIVE_STATES:
+            # An active alarm's level is never NORMAL; its latest alert set it.
+            by_level[alarm.level if alarm.level != "NORMAL" else alarm.highest_level] += 1
         shelved += is_shelved(alarm, now)
-    return {"open": total, "shelved": shelved, "by_state": by_state, "by_level": by_level}
+    return {
+        "open": total,
+        "active": by_state["ACTIVE_UNACK"] + by_state["ACTIVE_ACK"],
+        "unacknowledged": by_state["ACTIVE_UNACK"] + by_state["CLEARED_UNACK"],
+        "shelved": shelved,
+        "by_state": by_state,
+        "by_level": by_level,
+    }
 
 
 class FloodDetector:
-    """Counts new annunciations in a sliding window. A flood starts above `threshold` and
-    ends below `end_below`; the gap between the two keeps it from flickering."""
+    """Counts activations (ISA-18.2: new alarms and alarms that returned) in a sliding
+    window. A flood starts above `threshold` and ends below `end_below`; the gap between
+    the two keeps it from flickering."""
 
     def __init__(self, threshold: int, window_s: float, end_below: int) -> None:
         self.threshold, self.window_s, self.end_below = threshold, window_s, end_below
-        self._times: deque[float] = deque()
+        self._times: deque[tuple[float, bool]] = deque()  # (when, a new alarm)
         self.since: float | None = None
 
     @property
@@ -238,12 +262,18 @@ class FloodDetector:
         return self.since is not None
 
     def in_window(self, now: float) -> int:
-        while self._times and self._times[0] <= now - self.window_s:
+        while self._times and self._times[0][0] <= now - self.window_s:
             self._times.popleft()
         return len(self._times)
 
-    def note(self, at: float) -> None:
-        self._times.append(at)
+    def breakdown(self, now: float) -> tuple[int, int]:
+        """(new, returned) activations in the window."""
+        total = self.in_window(now)
+        new = sum(is_new for _, is_new in self._times)
+        return new, total - new
+
+    def note(self, at: float, new: bool = True) -> None:
+        self._times.append((at, new))
 
     def update(self, now: float) -> bool | None:
         """True when a flood starts now, False when it ends now, None otherwise."""
@@ -255,6 +285,72 @@ class FloodDetector:
             self.since = None
             return False
         return None
+
+
+class ActivationWindow:
+    """Activation times per key over the last `window_s` (record time). Keyed by alarm,
+    an alarm that activates `count` times within it chatters (ISA-18.2 / EEMUA 191);
+    keyed by source and type, `count` alarms at once have a common cause."""
+
+    def __init__(self, count: int, window_s: float) -> None:
+        self.count, self.window_s = count, window_s
+        self._times: dict[Key, deque[tuple[float, str]]] = {}
+
+    def note(self, key: Key, at: float, who: str = "") -> int:
+        """Record one activation (of `who`, when the key is shared); returns how many the
+        key had within the window. The same activation noted again (a batch retried after
+        a store failure) counts once."""
+        times = self._times.setdefault(key, deque())
+        if (at, who) not in times:
+            times.append((at, who))
+        while times and times[0][0] <= at - self.window_s:
+            times.popleft()
+        return len(times)
+
+    def others(self, key: Key, who: str) -> int:
+        """How many others than `who` activated under the key within the window (as of
+        the last note): a chattering alarm alone is no common cause."""
+        return len({w for _, w in self._times.get(key, ())} - {who})
+
+    def prune(self, now: float) -> None:
+        """Forget keys quiet for a whole window: memory stays bounded by the busy ones."""
+        stale = [k for k, t in self._times.items() if not t or t[-1][0] <= now - self.window_s]
+        for key in stale:
+            del self._times[key]
+
+
+def as_grouped(change: Change) -> Change:
+    """An activation that belongs to a common-cause group: the alarm is raised (or
+    returns) as usual, listed and audited, but its group alarm is what is annunciated and
+    planned for."""
+    assert change.event is not None
+    alarm = replace(change.alarm, grouped=True)
+    event = replace(change.event, kind=f"{change.event.kind}_grouped")
+    return Change(alarm, event, annunciated=False, plan=False)
+
+
+def group_alert(alert: Alert, members: list[Alarm]) -> Alert:
+    """The alert for the group alarm of `alert`'s source and type, on behalf of the
+    active `members` (each a machine or camera)."""
+    names = sorted(subject_of(a.machine_id, a.camera_id).partition(":")[2] for a in members)
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return Alert(
+        source=alert.source,
+        type=alert.type,
+        level=max((a.level for a in members), key=RANK.__getitem__, default=alert.level),
+        details=(
+            f"{alert.type} on {len(members)} machines or cameras at once, likely one common "
+            f"cause: {shown}. Their own alarms are listed without sounding."
+        ),
+        value=float(len(members)),
+        timestamp=alert.timestamp,
+    )
+
+
+def mark_chattering(alarm: Alarm, at: datetime, activations: int, window_s: float) -> Change:
+    new = replace(alarm, chattering=True)
+    detail = f"{activations} activations within {window_s:g} s"
+    return Change(new, _event(new, "chattering", "system", at, detail))
 
 
 class AlarmGroup(Struct, kw_only=True):

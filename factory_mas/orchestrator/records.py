@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from ..messages import Alarm, AlarmEvent, AlarmState, Alert, Decision
 from ..store import alarm_events, alarms, alerts, decisions
+from .kpis import ACTIVATIONS, KINDS, Event
 from .logic import Change, Key, is_open, key_of
 
 _encode = msgspec.json.encode
@@ -166,14 +167,52 @@ def recent_alerts(conn: Connection, limit: int) -> list[Alert]:
     return [_alert.decode(r.data) for r in rows]
 
 
-def annunciations_since(conn: Connection, since: float) -> list[float]:
-    """When alarms were raised or came back since `since`: restores the flood window."""
+# Activations, and the grouped ones that keep a common-cause burst going.
+_RESTORED = (*ACTIVATIONS, "raised_grouped", "reactivated_grouped")
+
+
+def annunciations_since(conn: Connection, since: float) -> list[tuple[float, str, Key]]:
+    """Activations (raised or returned) since `since`, oldest first, with their alarm's
+    key: restores the flood window and the chatter detector after a restart."""
     rows = conn.execute(
-        sa.select(alarm_events.c.at)
-        .where(alarm_events.c.at > since, alarm_events.c.kind.in_(("raised", "reactivated")))
+        sa.select(alarm_events.c.at, alarm_events.c.kind, alarms.c.source, alarms.c.type,
+                  alarms.c.subject)
+        .join(alarms, alarms.c.id == alarm_events.c.alarm_id)
+        .where(alarm_events.c.at > since, alarm_events.c.kind.in_(_RESTORED))
         .order_by(alarm_events.c.at)
+    )  # fmt: skip
+    return [(r.at, r.kind, (r.source, r.type, r.subject)) for r in rows]
+
+
+# Rows one KPI request may read: a month of a plant in a steady flood, far beyond what a
+# rationalised plant logs; a longer window is refused rather than read into memory.
+KPI_EVENTS_MAX = 2_000_000
+
+
+def kpi_events(
+    conn: Connection, since: float, until: float
+) -> tuple[list[Event], dict[int, Key]] | None:
+    """Activations and acknowledgements in [since, until), with the keys of their alarms;
+    None when there are more than KPI_EVENTS_MAX."""
+    window = (
+        alarm_events.c.at >= since,
+        alarm_events.c.at < until,
+        alarm_events.c.kind.in_(KINDS),
     )
-    return [r.at for r in rows]
+    n = conn.execute(sa.select(sa.func.count()).select_from(alarm_events).where(*window))
+    if n.scalar_one() > KPI_EVENTS_MAX:
+        return None
+    rows = conn.execute(
+        sa.select(alarm_events.c.alarm_id, alarm_events.c.at, alarm_events.c.kind,
+                  alarms.c.source, alarms.c.type, alarms.c.subject)
+        .join(alarms, alarms.c.id == alarm_events.c.alarm_id)
+        .where(*window)
+    )  # fmt: skip
+    events, keys = [], {}
+    for r in rows:
+        events.append(Event(r.alarm_id, r.at, r.kind))
+        keys[r.alarm_id] = (r.source, r.type, r.subject)
+    return events, keys
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from msgspec import Meta, Struct
@@ -22,12 +23,16 @@ from ..api import (
 from ..auth.keys import actor
 from ..messages import ALARM_STATES, Alarm
 from ..settings import LEVELS
+from ..times import iso
 from ..ws import WsClient, frame, stream
 from . import records
 from .logic import AlarmConflict
 from .service import AlarmNotFound, Orchestrator
 
 LIMIT_MAX = 10_000
+KPI_DEFAULT_S = 86_400.0
+# A year of 10-minute periods is some 52,000 numbers: fine; beyond it, ask again.
+KPI_MAX_S = 366 * 86_400.0
 WS_QUEUE = 1024
 Who = Annotated[str, Meta(min_length=1, max_length=200)]
 Note = Annotated[str, Meta(max_length=2000)]
@@ -69,6 +74,7 @@ class OrchestratorRoutes:
             Route("/alarms/{alarm_id}", self.alarm),
             Route("/alarms/{alarm_id}/{action}", self.alarm_action, methods=["POST"]),
             Route("/decisions", self.decisions),
+            Route("/kpis", self.kpis),
             WebSocketRoute("/ws", self.ws),
         ]
 
@@ -161,6 +167,31 @@ class OrchestratorRoutes:
                 field="duration_s",
             )
         return duration
+
+    async def kpis(self, request: Request) -> Response:
+        """Alarm performance over ?since=&until= (ISO 8601 or Unix seconds); by default
+        the last 24 hours. Definitions: README, "Alarm philosophy"."""
+        now = time.time()
+        until = query_time(request, "until")
+        until = now if until is None else until
+        since = query_time(request, "since")
+        since = until - KPI_DEFAULT_S if since is None else since
+        if since >= until:
+            raise ApiError(
+                400, "bad_query", f"since ({iso(since)}) must be earlier than until ({iso(until)})"
+            )
+        if until - since > KPI_MAX_S:
+            raise ApiError(
+                400,
+                "bad_query",
+                f"the window is {(until - since) / 86400:.0f} days; at most "
+                f"{KPI_MAX_S / 86400:.0f} days at a time",
+            )
+        try:
+            found = await self.o.kpis(since, until)
+        except ValueError as exc:
+            raise ApiError(400, "bad_query", str(exc)) from None
+        return json_response(found)
 
     async def decisions(self, request: Request) -> Response:
         limit = query_int(request, "limit", 100, 1, LIMIT_MAX) or 100

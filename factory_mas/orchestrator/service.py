@@ -28,7 +28,7 @@ import msgspec
 
 from ..errors import FactoryError, StoreError
 from ..hub import Hub, Subscription, SubscriptionClosed
-from ..levels import worst
+from ..levels import RANK, worst
 from ..messages import Alarm, Alert, Decision, Plan
 from ..notify import Notifier
 from ..planner import Planner
@@ -38,7 +38,7 @@ from ..store import Store
 from ..tasks import cancel_all
 from ..times import iso
 from ..ws import WsClient, broadcast, frame
-from . import logic, records
+from . import kpis, logic, records
 from .logic import AlarmConflict, Change, Key
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class Orchestrator:
         self.max_body_bytes = max_body_bytes
         s = self.settings
         self.flood = logic.FloodDetector(s.flood_threshold, s.flood_window_s, s.flood_end_below)
+        self.chatter = logic.ActivationWindow(s.chatter_count, s.chatter_window_s)
+        self.bursts = logic.ActivationWindow(s.group_min_alarms, s.group_window_s)
         self.open: dict[Key, Alarm] = {}
         self.recent_alerts: deque[Alert] = deque(maxlen=s.recent_size)
         self.recent_decisions: deque[Decision] = deque(maxlen=s.recent_size)
@@ -90,6 +92,10 @@ class Orchestrator:
         self.counters: dict[str, int] = {
             "alerts": 0,
             "alarms_raised": 0,
+            "activations": 0,
+            "chattering": 0,
+            "chatter_shelved": 0,
+            "grouped": 0,
             "decisions": 0,
             "plans_repeated": 0,
             "store_retries": 0,
@@ -138,7 +144,15 @@ class Orchestrator:
                 records.recent_alerts(conn, self.settings.recent_size),
                 records.recent_decisions(conn, self.settings.recent_size),
                 records.recent_decisions(conn, 10_000, since=horizon),
-                records.annunciations_since(conn, now - self.settings.flood_window_s),
+                records.annunciations_since(
+                    conn,
+                    now
+                    - max(
+                        self.settings.flood_window_s,
+                        self.settings.chatter_window_s,
+                        self.settings.group_window_s,
+                    ),
+                ),
                 records.plans_owed(conn),
             )
 
@@ -150,8 +164,12 @@ class Orchestrator:
             self._last_plan[self._subject_of_plan(decision)] = _signature(
                 decision.plan, decision.alarm_ids, decision.level
             )
-        for at in annunciations:
-            self.flood.note(at)
+        for at, kind, key in annunciations:
+            if kind in ("raised", "reactivated"):
+                self.flood.note(at, new=kind == "raised")
+                self.chatter.note(key, at)
+            if key[2]:
+                self.bursts.note((*key[:2], ""), at, key[2])
         self.flood.update(now)
         for alarm_id in owed:
             self._plans.put_nowait(alarm_id)
@@ -219,8 +237,10 @@ class Orchestrator:
             changes: list[Change] = []
             for alert in alerts:
                 for change in logic.apply_alert(working, alert):
-                    changes.append(change)
-                    self._keep(working, change.alarm)
+                    for grouped in self._common_cause(working, alert, change):
+                        for c in [grouped, *self._chatter(grouped)]:
+                            changes.append(c)
+                            self._keep(working, c.alarm)
             await self.store.write(records.save, list(alerts), changes)
             self.open = working
         self.counters["alerts"] += len(alerts)
@@ -228,6 +248,65 @@ class Orchestrator:
         self.version += 1
         await self._after(changes)
         return _distinct([c.alarm for c in changes])
+
+    def _common_cause(
+        self, working: dict[Key, Alarm], alert: Alert, change: Change
+    ) -> list[Change]:
+        """Many alarms of one source and type at once are one situation: past
+        group_min_alarms within group_window_s, a member's activation goes silent and its
+        group alarm (no subject) is raised or updated instead; the group clears with the
+        last active member."""
+        s, alarm = self.settings, change.alarm
+        group_key: Key = (alarm.source, alarm.type, "")
+        if not s.group_min_alarms or logic.key_of(alarm) == group_key or change.event is None:
+            return [change]
+        kind, at = change.event.kind, change.event.at
+        if kind == "cleared" and alarm.grouped:
+            group = working.get(group_key)
+            others = self._members(working, group_key, but=alarm.id)
+            if group is not None and not any(a.grouped for a in others):
+                cleared = logic.clear_alarm(group, "system", at)
+                return [change] + ([cleared] if cleared is not None else [])
+            return [change]
+        if not change.annunciated:
+            return [change]
+        subject = logic.key_of(alarm)[2]
+        self.bursts.note(group_key, at.timestamp(), subject)
+        if self.bursts.others(group_key, subject) < s.group_min_alarms:
+            return [change]
+        self.counters["grouped"] += 1
+        member = logic.as_grouped(change)
+        members = [*self._members(working, group_key, but=alarm.id), member.alarm]
+        summary = logic.group_alert(alert, members)
+        return [member, *logic.apply_alert(working, summary)]
+
+    @staticmethod
+    def _members(working: dict[Key, Alarm], group_key: Key, but: int) -> list[Alarm]:
+        return [
+            a
+            for k, a in working.items()
+            if k[:2] == group_key[:2] and k[2] and a.id != but and a.state in logic.ACTIVE_STATES
+        ]
+
+    def _chatter(self, change: Change) -> list[Change]:
+        """What an activation does when its alarm chatters: marked once, and shelved for a
+        while under the "shelve" policy (below chatter_shelve_below only)."""
+        if not change.annunciated or change.event is None:
+            return []
+        s, alarm, at = self.settings, change.alarm, change.event.at
+        n = self.chatter.note(logic.key_of(alarm), at.timestamp())
+        if n < s.chatter_count or alarm.chattering:
+            return []
+        marked = logic.mark_chattering(alarm, at, n, s.chatter_window_s)
+        out = [marked]
+        if (
+            s.chatter_policy == "shelve"
+            and RANK[alarm.highest_level] < RANK[s.chatter_shelve_below]
+        ):
+            until = at + timedelta(seconds=s.chatter_shelve_s)
+            reason = f"chattering: {marked.event.detail if marked.event else ''}"
+            out.append(logic.shelve(marked.alarm, "system", at, until, reason))
+        return out
 
     @staticmethod
     def _keep(alarms: dict[Key, Alarm], alarm: Alarm) -> None:
@@ -243,10 +322,17 @@ class Orchestrator:
         now = time.time()
         self._touch()
         for change in changes:
+            kind = change.event.kind if change.event is not None else ""
             if change.annunciated:
-                self.flood.note(now)
-            if change.event is not None and change.event.kind == "raised":
+                # Counted when the operator is shown it: the flood is about now.
+                self.flood.note(now, new=kind == "raised")
+                self.counters["activations"] += 1
+            if kind == "raised":
                 self.counters["alarms_raised"] += 1
+            elif kind == "chattering":
+                self.counters["chattering"] += 1
+            elif kind == "shelved" and change.event is not None and change.event.by == "system":
+                self.counters["chatter_shelved"] += 1
             if change.plan:
                 self._plans.put_nowait(change.alarm.id)
         self._flood_check(now)
@@ -261,13 +347,20 @@ class Orchestrator:
         state = self.flood_state()
         if started:
             log.warning(
-                "alarm flood: %d new alarms in %.0f s; alarms below %s are grouped",
-                state["new_alarms_in_window"],
+                "alarm flood: %d activations in %.0f s (%d new alarms, %d returned); "
+                "alarms below %s are grouped",
+                state["activations_in_window"],
                 self.settings.flood_window_s,
+                state["new_alarms_in_window"],
+                state["reactivated_in_window"],
                 self.settings.flood_group_below,
             )
         else:
-            log.info("alarm flood over: %d new alarms in the window", state["new_alarms_in_window"])
+            log.info(
+                "alarm flood over: %d activations in the last %.0f s",
+                state["activations_in_window"],
+                self.settings.flood_window_s,
+            )
         self._touch()
         broadcast(self.clients, frame("flood", state))
 
@@ -384,6 +477,8 @@ class Orchestrator:
             except StoreError as exc:
                 log.error("orchestrator: cannot unshelve expired alarms: %s", exc)
             self._flood_check(time.time())
+            self.chatter.prune(time.time())
+            self.bursts.prune(time.time())
 
     async def unshelve_expired(self) -> None:
         """Shelving is for a while only: return alarms whose time is up."""
@@ -398,10 +493,15 @@ class Orchestrator:
     # -- views -------------------------------------------------------------------------
 
     def flood_state(self) -> dict[str, Any]:
+        now = time.time()
+        new, returned = self.flood.breakdown(now)
         return {
             "active": self.flood.active,
             "since": iso(self.flood.since),
-            "new_alarms_in_window": self.flood.in_window(time.time()),
+            # ISA-18.2 counts activations: alarms raised and alarms that came back.
+            "activations_in_window": new + returned,
+            "new_alarms_in_window": new,
+            "reactivated_in_window": returned,
             "threshold": self.settings.flood_threshold,
             "ends_below": self.settings.flood_end_below,
             "window_s": self.settings.flood_window_s,
@@ -445,13 +545,32 @@ class Orchestrator:
             "flood": self.flood_state(),
         }
 
+    async def kpis(self, since: float, until: float) -> dict[str, Any]:
+        """Alarm performance over [since, until) (see kpis.py); raises ValueError when the
+        window holds more events than one request may read."""
+        s = self.settings
+        # Acknowledgements and chatter straddling `since` need the activations before it.
+        lookback = max(s.chatter_window_s, 3600.0)
+        found = await self.store.read(records.kpi_events, since - lookback, until)
+        if found is None:
+            raise ValueError(
+                f"more than {records.KPI_EVENTS_MAX:,} alarm events in the window: "
+                "ask for a shorter one"
+            )
+        events, keys = found
+        rules = kpis.Rules(s.flood_threshold, s.chatter_count, s.chatter_window_s)
+        return kpis.kpis(events, keys, since, until, list(self.open.values()), _now(), rules)
+
+    def counts(self) -> dict[str, Any]:
+        return logic.counts(self.open.values(), _now())
+
     def stats(self) -> dict[str, Any]:
+        counted = self.counts()
         return {
             "running": self.running,
-            "open_alarms": len(self.open),
-            "unacknowledged": sum(
-                a.state in ("ACTIVE_UNACK", "CLEARED_UNACK") for a in self.open.values()
-            ),
+            "open_alarms": counted["open"],
+            "active_alarms": counted["active"],
+            "unacknowledged": counted["unacknowledged"],
             "plans_owed": self._plans.qsize(),
             "flood": self.flood.active,
             "ws_clients": len(self.clients),

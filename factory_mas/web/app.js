@@ -5,6 +5,7 @@ import { api, getKey, onAuthNeeded, setKey } from "./api.js";
 import { LiveSocket } from "./live.js";
 import { decisionItem, esc, every, fmtNum, fmtTime, toast } from "./util.js";
 import * as alarms from "./alarms.js";
+import * as kpis from "./kpis.js";
 import * as machines from "./machines.js";
 import * as shifts from "./shifts.js";
 
@@ -61,9 +62,12 @@ function renderFlood(flood) {
     el.hidden = true;
     return;
   }
+  // ISA-18.2 counts activations: new alarms and alarms that returned after clearing.
+  const minutes = Math.round(flood.window_s / 60);
   el.textContent =
-    `Alarm flood: ${flood.new_alarms_in_window} new alarms in ${flood.window_s} s` +
-    ` (since ${fmtTime(flood.since)}). Alarms below ${flood.grouped_below} are grouped.`;
+    `Alarm flood: ${flood.activations_in_window} activations in the last ${minutes} min` +
+    ` (${flood.new_alarms_in_window} new alarms, ${flood.reactivated_in_window} returned;` +
+    ` since ${fmtTime(flood.since)}). Alarms below ${flood.grouped_below} are grouped.`;
   el.hidden = false;
 }
 
@@ -73,7 +77,9 @@ function renderAlarmSummary() {
   const byState = counts.by_state || {};
   testid("alarms-open").textContent = counts.open;
   testid("alarms-unacked").textContent =
-    (byState.ACTIVE_UNACK || 0) + (byState.CLEARED_UNACK || 0);
+    counts.unacknowledged ?? (byState.ACTIVE_UNACK || 0) + (byState.CLEARED_UNACK || 0);
+  const active = testid("alarms-active");
+  if (active) active.textContent = counts.active ?? "";
   for (const li of document.querySelectorAll('[data-testid="level-count"]')) {
     const n = (counts.by_level || {})[li.dataset.level] || 0;
     li.querySelector("b").textContent = n;
@@ -152,9 +158,11 @@ const overview = {
   enter() {
     renderAlarmSummary();
     this.stop = every(POLL_MS, pollOverview);
+    kpis.panel.enter();
   },
   leave() {
     this.stop?.();
+    kpis.panel.leave();
   },
 };
 

@@ -28,6 +28,16 @@ export function fmtNum(v, digits = 1) {
   return Number.isInteger(v) ? String(v) : v.toFixed(digits);
 }
 
+/** A duration in seconds, short: "4.2 s", "42 s", "3.5 min", "2.0 h", "1.5 d"; "–" for none. */
+export function fmtDuration(s) {
+  if (typeof s !== "number" || !Number.isFinite(s)) return "–";
+  if (s < 10) return `${s.toFixed(1).replace(/\.0$/, "")} s`;
+  if (s < 59.5) return `${Math.round(s)} s`;
+  if (s < 3600) return `${(s / 60).toFixed(1)} min`;
+  if (s < 86_400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86_400).toFixed(1)} d`;
+}
+
 /** One orchestrator decision as a list item (overview and machine pages). */
 export function decisionItem(d) {
   const where = d.plan.machine_id ? `machine ${d.plan.machine_id}` : d.plan.camera_id || "";

@@ -45,25 +45,31 @@ class CyberAgent(BaseAgent):
         now = datetime.now(UTC)
         stamps = [(r.timestamp or now).timestamp() for r in records]
         x = features(self.readings.add_deltas(columns_of(records), stamps))
-        scores, flags, zscores = self.model.predict(x)
+        scores, _, zscores = self.model.predict(x)
         t = self.settings
         out = []
-        columns = (scores.tolist(), flags.tolist(), x.tolist(), zscores.tolist())
-        for record, score, is_anomaly, values, z in zip(records, *columns, strict=True):
+        columns = (scores.tolist(), x.tolist(), zscores.tolist())
+        memory = self.conditioner
+        for record, raw, values, z in zip(records, *columns, strict=True):
+            machine = record.machine_id
             # Row by row, so a batch leaves each machine's run as its records one by one would.
+            score = memory.smooth(machine, "anomaly", raw, t.smoothing_records)
+            is_anomaly = logic.is_anomaly(score, self.runs.get(machine, 0) > 0, t)
             run = logic.next_run(self.runs.get(record.machine_id, 0), is_anomaly)
             if run:
                 self.runs[record.machine_id] = run
             else:
                 self.runs.pop(record.machine_id, None)
             threat = logic.threat_level(run, t)
+            level = memory.level(machine, logic.level_for(threat, t), stamps[len(out)])
             out.append(
                 self.predicted(
                     record,
                     now,
-                    logic.level_for(threat, t),
+                    level,
                     {
                         "anomaly_score": round(score, 4),
+                        "anomaly_score_raw": round(raw, 4),
                         "is_anomaly": is_anomaly,
                         "threat_level": threat,
                         "consecutive_anomalies": run,

@@ -31,6 +31,16 @@ _ADVICE = {
 }
 
 
+# The model's anomaly score is calibrated so that its decision threshold maps to 0.5.
+ANOMALY_SCORE_THRESHOLD = 0.5
+
+
+def is_anomaly(score: float, flagged: bool, t: CyberSettings) -> bool:
+    """A (smoothed) score at the threshold, or still within `deadband` under it for a
+    machine already in an anomalous run: one calmer record inside an attack does not end it."""
+    return score >= ANOMALY_SCORE_THRESHOLD - (t.deadband if flagged else 0.0)
+
+
 def next_run(previous: int, is_anomaly: bool) -> int:
     """Consecutive anomalous records of a machine, after one more record."""
     return previous + 1 if is_anomaly else 0

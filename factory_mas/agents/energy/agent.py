@@ -127,8 +127,10 @@ class EnergyAgent(BaseAgent):
             scores.tolist(),
             strict=True,
         )
-        for r, consumption, expected, usual, active, score in rows:
+        conditioner = self.conditioner
+        for r, consumption, expected, usual, active, raw in rows:
             units = logic.units_per_kwh(r.production_speed, r.defect_rate_pct, consumption)
+            score = conditioner.smooth(r.machine_id, "anomaly", raw, t.smoothing_records)
             j = logic.Judged(
                 machine_id=r.machine_id,
                 mode=r.operation_mode,
@@ -136,20 +138,24 @@ class EnergyAgent(BaseAgent):
                 forecast_kw=expected,
                 baseline_kw=usual,
                 active_baseline_kw=active,
-                is_anomaly=score >= t.anomaly_score_threshold,
+                is_anomaly=logic.is_anomaly(score, conditioner.previous_level(r.machine_id), t),
                 units_per_kwh=units,
                 efficiency_score=logic.efficiency_score(units, t),
+            )
+            level = conditioner.level(
+                r.machine_id, logic.level_for(j, t), (r.timestamp or now).timestamp()
             )
             out.append(
                 self.predicted(
                     r,
                     now,
-                    logic.level_for(j, t),
+                    level,
                     {
                         "consumption_kw": round(consumption, 3),
                         "forecast_kw": round(expected, 3),
                         "baseline_kw": round(usual, 3),
                         "anomaly_score": round(score, 4),
+                        "anomaly_score_raw": round(raw, 4),
                         "is_anomaly": j.is_anomaly,
                         "efficiency_score": j.efficiency_score,
                         "recommendations": logic.recommendations(j, t),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...levels import RANK
 from ...settings import EnergySettings, Level
+from ..conditioning import level_with_deadband
 
 # Output per kWh and deviations are computed against at least this draw: a machine
 # reading 0 kW is off, not infinitely efficient.
@@ -45,6 +47,14 @@ def idle_waste(j: Judged, t: EnergySettings) -> bool:
     NaN compares false, so a machine never seen Active is not judged.
     """
     return j.mode == "Idle" and j.consumption_kw >= t.idle_waste_ratio * j.active_baseline_kw
+
+
+def is_anomaly(score: float, previous: Level | None, t: EnergySettings) -> bool:
+    """A (smoothed) anomaly score over the threshold, with hysteresis: a machine already
+    flagged stays flagged until its score is `deadband` under the threshold."""
+    was = "WARNING" if previous is not None and RANK[previous] >= RANK["WARNING"] else None
+    cuts: list[tuple[float, Level]] = [(t.anomaly_score_threshold, "WARNING")]
+    return level_with_deadband(score, cuts, was, t.deadband) == "WARNING"
 
 
 def level_for(j: Judged, t: EnergySettings) -> Level:

@@ -25,12 +25,23 @@ class PmAgent(BaseAgent):
 
     def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
         probabilities, ruls = self.model.predict(features(columns_of(records)))
-        t = self.settings
+        t, memory = self.settings, self.conditioner
         now = datetime.now(UTC)
         out = []
-        for record, p, rul in zip(records, probabilities.tolist(), ruls.tolist(), strict=True):
+        rows = zip(records, probabilities.tolist(), ruls.tolist(), strict=True)
+        for record, raw_p, raw_rul in rows:
+            machine = record.machine_id
+            at = (record.timestamp or now).timestamp()
             in_maintenance = record.operation_mode == "Maintenance"
-            level = logic.level_for(p, rul, in_maintenance, t)
+            if in_maintenance:
+                # A repair starts a new life: the old one's trend says nothing about it.
+                memory.forget(machine)
+                p, rul = raw_p, raw_rul
+            else:
+                p = memory.smooth(machine, "p", raw_p, t.smoothing_records)
+                rul = memory.trend(machine, "rul", raw_rul, t.smoothing_records, at)
+            previous = memory.previous_level(machine)
+            level = memory.level(machine, logic.level_for(p, rul, in_maintenance, t, previous), at)
             out.append(
                 self.predicted(
                     record,
@@ -39,6 +50,8 @@ class PmAgent(BaseAgent):
                     {
                         "failure_probability": round(p, 4),
                         "rul_hours": round(rul, 1),
+                        "failure_probability_raw": round(raw_p, 4),
+                        "rul_hours_raw": round(raw_rul, 1),
                         "health_score": logic.health_score(p, rul, t),
                         "confidence": logic.confidence(p),
                         "action": logic.action_for(level, in_maintenance),

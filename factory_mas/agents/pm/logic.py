@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
+from ...levels import worst
 from ...settings import Level, PmSettings
+from ..conditioning import level_with_deadband
 
 ACTIONS: dict[str, str] = {
     "EMERGENCY": "Stop the machine now and inspect it: failure is imminent",
@@ -15,21 +19,40 @@ IN_MAINTENANCE_ACTION = "Machine is in maintenance; scores resume when it is bac
 
 
 def level_for(
-    failure_probability: float, rul_hours: float, in_maintenance: bool, t: PmSettings
+    failure_probability: float,
+    rul_hours: float,
+    in_maintenance: bool,
+    t: PmSettings,
+    previous: Level | None = None,
 ) -> Level:
+    """The level of (smoothed) scores, with hysteresis against the machine's previous
+    level: the worse of what the failure probability and the remaining life say."""
     if in_maintenance:
         # A machine under repair is not at risk of failing in service; its readings
         # (cold, stopped) say nothing about the life that follows.
         return "NORMAL"
-    if failure_probability >= t.failure_probability_emergency:
-        return "EMERGENCY"
-    if rul_hours < t.rul_critical_hours:
-        return "CRITICAL"
-    if rul_hours < t.rul_warning_hours:
-        return "WARNING"
-    if rul_hours < t.rul_caution_hours:
-        return "CAUTION"
-    return "NORMAL"
+    by_risk = level_with_deadband(
+        failure_probability,
+        [
+            (t.failure_probability_warning, "WARNING"),
+            (t.failure_probability_emergency, "EMERGENCY"),
+        ],
+        previous,
+        t.deadband,
+    )
+    # Lower is worse: negated, so the deadband lies above each RUL threshold. A level
+    # holds strictly below its threshold ("less than 24 h left"): the next float up.
+    by_life = level_with_deadband(
+        -rul_hours,
+        [
+            (math.nextafter(-t.rul_caution_hours, math.inf), "CAUTION"),
+            (math.nextafter(-t.rul_warning_hours, math.inf), "WARNING"),
+            (math.nextafter(-t.rul_critical_hours, math.inf), "CRITICAL"),
+        ],
+        previous,
+        t.rul_deadband_hours,
+    )
+    return worst([by_risk, by_life])
 
 
 def health_score(failure_probability: float, rul_hours: float, t: PmSettings) -> float:

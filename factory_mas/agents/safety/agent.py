@@ -10,7 +10,7 @@ from ...messages import Alert, Prediction, TelemetryRecord
 from ...settings import SafetySettings
 from ..base import BaseAgent
 from . import logic
-from .model import AGENT_ID, HAZARDS, SafetyModel, features
+from .model import AGENT_ID, CLASSES, HAZARDS, SafetyModel, features
 
 
 class SafetyAgent(BaseAgent):
@@ -25,13 +25,21 @@ class SafetyAgent(BaseAgent):
 
     def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
         probabilities = self.model.predict(features(columns_of(records))).tolist()
-        t = self.settings
+        t, memory = self.settings, self.conditioner
         now = datetime.now(UTC)
         out = []
-        for record, (p_none, *p_hazards) in zip(records, probabilities, strict=True):
+        for record, classes in zip(records, probabilities, strict=True):
+            machine = record.machine_id
+            raw = logic.hazard_score(classes[0])
+            # Every class smoothed alike, so the score and the hazard named agree.
+            p_none, *p_hazards = (
+                memory.smooth(machine, name, p, t.smoothing_records)
+                for name, p in zip(CLASSES, classes, strict=True)
+            )
             score = logic.hazard_score(p_none)
             kind = logic.hazard_type_for(score, dict(zip(HAZARDS, p_hazards, strict=True)), t)
-            level = logic.level_for(score, kind, t)
+            level = logic.level_for(score, kind, t, memory.previous_level(machine))
+            memory.level(machine, level, (record.timestamp or now).timestamp())
             out.append(
                 self.predicted(
                     record,
@@ -39,6 +47,7 @@ class SafetyAgent(BaseAgent):
                     level,
                     {
                         "hazard_score": round(score, 4),
+                        "hazard_score_raw": round(raw, 4),
                         "hazard_type": kind,
                         "safety_score": logic.safety_score(score),
                         "evacuation_required": logic.evacuation_required(level),

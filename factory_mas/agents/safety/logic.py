@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...settings import Level, SafetySettings
+from ..conditioning import level_with_deadband
 
 NO_HAZARD = "NONE"
 _WHAT: dict[str, str] = {
@@ -33,16 +34,18 @@ def hazard_type_for(score: float, hazards: Mapping[str, float], t: SafetySetting
     return max(hazards, key=hazards.__getitem__)
 
 
-def level_for(score: float, hazard_type: str, t: SafetySettings) -> Level:
-    if score >= t.hazard_score_emergency and hazard_type in t.evacuate_for:
-        return "EMERGENCY"
-    if score >= t.hazard_score_critical:
-        return "CRITICAL"
-    if score >= t.hazard_score_warning:
-        return "WARNING"
-    if score >= t.hazard_score_caution:
-        return "CAUTION"
-    return "NORMAL"
+def level_for(
+    score: float, hazard_type: str, t: SafetySettings, previous: Level | None = None
+) -> Level:
+    """The level of a (smoothed) hazard score, with hysteresis against `previous`."""
+    top: Level = "EMERGENCY" if hazard_type in t.evacuate_for else "CRITICAL"
+    cuts: list[tuple[float, Level]] = [
+        (t.hazard_score_caution, "CAUTION"),
+        (t.hazard_score_warning, "WARNING"),
+        (t.hazard_score_critical, "CRITICAL"),
+        (t.hazard_score_emergency, top),
+    ]
+    return level_with_deadband(score, cuts, previous, t.deadband)
 
 
 def safety_score(score: float) -> float:

@@ -84,15 +84,15 @@ class LiveValues:
 
     def _system(self) -> dict[str, Value]:
         o = self.c.orchestrator
-        open_alarms = list(o.open.values())
-        by_level = {level: 0 for level in LEVEL_CODES}
-        for alarm in open_alarms:
-            by_level[alarm.highest_level] += 1
+        # The counts system-state, /metrics and the dashboard show: the per-level points
+        # count active alarms, so they add up to ActiveAlarms.
+        counts = o.counts()
+        by_level = {level: counts["by_level"].get(level, 0) for level in LEVEL_CODES}
         values: dict[str, Value] = {
             "system.running": self.c.ready,
             "system.agents_healthy": all(a.health()["healthy"] for a in self.c.agents),
-            "system.alarms_active": sum(a.state.startswith("ACTIVE") for a in open_alarms),
-            "system.alarms_unacknowledged": sum(a.state.endswith("_UNACK") for a in open_alarms),
+            "system.alarms_active": counts["active"],
+            "system.alarms_unacknowledged": counts["unacknowledged"],
             "system.flood": o.flood.active,
             "system.mqtt_connected": self.c.mqtt.connected,
             "system.acknowledge_alarm": self.last_acked,

@@ -165,7 +165,7 @@ def _system_points() -> list[Point]:
     for level in LEVELS[1:]:
         points.append(
             _p(f"system.alarms_{level.lower()}", g, f"Alarms{level.capitalize()}",
-               f"open alarms whose highest level is {level}", "Int32")
+               f"active alarms at level {level} (they add up to ActiveAlarms)", "Int32")
         )  # fmt: skip
     points += [
         _p("system.flood", g, "AlarmFlood", "an alarm flood is on (low-priority alarms are "
