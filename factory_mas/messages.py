@@ -147,6 +147,9 @@ class Alarm(Struct, kw_only=True):
     # One of many alarms of its source and type at once (a common cause): listed and
     # audited, but annunciated by its group alarm (same source and type, no subject).
     grouped: bool = False
+    # Raised while a related alarm on its machine already said it (orchestrator
+    # suppress_by): the id of that alarm, which is what sounded.
+    suppressed_by: int | None = None
 
 
 class AlarmEvent(Struct, kw_only=True):
@@ -156,7 +159,8 @@ class AlarmEvent(Struct, kw_only=True):
     at: datetime
     # raised, escalated, reactivated, cleared, acked, shelved, unshelved, comment; and,
     # not annunciated: reactivated_shelved (returned while shelved), raised_grouped and
-    # reactivated_grouped (a member of a group alarm); chattering (marked by the system)
+    # reactivated_grouped (a member of a group alarm), raised_suppressed and
+    # reactivated_suppressed (a related alarm said it); chattering (marked by the system)
     kind: str
     by: str  # the agent or the operator
     state: AlarmState

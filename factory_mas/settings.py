@@ -574,6 +574,13 @@ class OrchestratorSettings(_Section):
     # They are still listed and audited, and the group clears when they all have. 0: off.
     group_min_alarms: Annotated[int, Meta(ge=0, le=10_000)] = 2
     group_window_s: PositiveFloat = 60.0
+    # Designed suppression: "source/type" -> the alarms ("source/type") that already say
+    # it. An activation of the first while one of the others is active on the same machine
+    # or camera is raised silently, annunciated and planned for by that alarm. An
+    # electrical fault's surge is the safety alarm's business, not a second energy alarm.
+    suppress_by: dict[str, list[str]] = field(
+        default_factory=lambda: {"energy_agent/POWER_ANOMALY": ["safety_agent/ELECTRICAL_HAZARD"]}
+    )
 
     def __post_init__(self) -> None:
         if self.flood_end_below > self.flood_threshold:
@@ -581,6 +588,11 @@ class OrchestratorSettings(_Section):
                 f"flood_end_below ({self.flood_end_below}) must not exceed flood_threshold "
                 f"({self.flood_threshold})"
             )
+        for name in [k for k, v in self.suppress_by.items() for k in (k, *v)]:
+            if not re.fullmatch(r"[^/\s]+/[^/\s]+", name):
+                raise ValueError(
+                    f"suppress_by: {name!r} is not source/type (energy_agent/POWER_ANOMALY)"
+                )
         if self.chatter_shelve_s > self.max_shelve_s:
             raise ValueError(
                 f"chatter_shelve_s ({self.chatter_shelve_s}) must not exceed max_shelve_s "

@@ -31,7 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from factory_mas.agents.base import EVERYTHING, AgentContext, BaseAgent
-from factory_mas.agents.conditioning import Gate, gate_step
+from factory_mas.agents.conditioning import Gate, gate_prediction
 from factory_mas.agents.pm import logic
 from factory_mas.agents.pm.agent import PmAgent
 from factory_mas.api import EXCEPTION_HANDLERS
@@ -301,6 +301,10 @@ class AgentContract:
             assert second.last_levels == first.last_levels
             assert set(second.last_levels) == {1, 3}
             assert second.machines() == first.machines()
+            # The smoothed scores and the alarm gates: a restart neither forgets a trend
+            # nor tells an alarm again.
+            assert second.conditioner.subjects == first.conditioner.subjects
+            assert second.gates == first.gates and set(second.gates) == {1, 3}
 
     async def test_the_periodic_checkpoint_survives_a_crash(self, agent_settings, ctx):
         # No stop(): what the checkpoint loop saved on its own is what a crash leaves.
@@ -640,19 +644,8 @@ class TestPmAgent(AgentContract):
         for p in predictions:
             gate = gates.setdefault(p.machine_id, Gate())
             in_band = RANK[p.level] >= RANK[s.alert_min_level]
-            on_s = s.delays_for(agent.make_alert(p).type if in_band else "")[0]
-            off_s = s.delays_for(gate.reported_type)[1]
-            told = gate_step(
-                gate,
-                p.level,
-                p.record_ts.timestamp(),
-                s.alert_min_level,
-                on_s,
-                off_s,
-                s.on_delay_skip_level,
-            )
+            told = gate_prediction(gate, p, agent.make_alert(p).type if in_band else "", s)
             if told == "alert":
-                gate.reported_type = agent.make_alert(p).type
                 expected.append((p.machine_id, p.level))
             elif told == "normal":
                 expected.append((p.machine_id, "NORMAL"))  # return to normal

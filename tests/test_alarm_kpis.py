@@ -237,3 +237,22 @@ async def test_kpis_route_answers_bad_windows_with_400(settings):
             response = await client.get(f"/api/orchestrator/kpis{query}")
             assert response.status_code == 400, query
             assert words in response.json()["detail"], response.text
+
+
+async def test_a_power_surge_under_an_electrical_hazard_is_listed_but_silent(settings):
+    async with running_app(settings) as (components, client):
+        hazard = alert(machine_id=12, level="CRITICAL", type="ELECTRICAL_HAZARD")
+        await post_alert(client, {**hazard, "source": "safety_agent"})
+        surge = alert(machine_id=12, level="WARNING", type="POWER_ANOMALY")
+        await post_alert(client, {**surge, "source": "energy_agent"})
+        # The same surge on a machine without the hazard sounds as usual.
+        await post_alert(client, {**surge, "source": "energy_agent", "machine_id": 13})
+        found = {(a["source"], a["machine_id"]): a for a in await alarms(client)}
+        safety = found[("safety_agent", 12)]
+        assert found[("energy_agent", 12)]["suppressed_by"] == safety["id"]
+        assert found[("energy_agent", 13)]["suppressed_by"] is None
+        trail = await client.get(f"/api/orchestrator/alarms/{found[('energy_agent', 12)]['id']}")
+        assert [e["kind"] for e in trail.json()["events"]] == ["raised_suppressed"]
+        k = (await client.get("/api/orchestrator/kpis")).json()
+        assert k["activations"] == 2  # the hazard and machine 13's surge
+        assert components.orchestrator.counters["suppressed"] == 1

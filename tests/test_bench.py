@@ -35,7 +35,7 @@ def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 
 
 def test_default_sections_are_the_whole_path() -> None:
-    assert [s.name for s in chosen(set())] == ["process", "pipeline", "http"]
+    assert [s.name for s in chosen(set())] == ["process", "pipeline", "http", "alarms"]
     assert [s.name for s in chosen({"mqtt"})] == ["mqtt"]
     assert {s.name for s in SECTIONS} >= {"inference", "mqtt", "scada"}
 
@@ -69,6 +69,26 @@ def test_pipeline_adds_up(quick_bench: tuple[dict, str]) -> None:
     )
 
 
+def test_alarms_add_up(quick_bench: tuple[dict, str]) -> None:
+    a = quick_bench[0]["alarms"]
+    assert a["records"] == a["machines"] * round(a["simulated_hours"] * 60 / a["step_minutes"])
+    labelled = a["labelled"]
+    assert labelled["cyber"] > 0 and labelled["power"] > 0 and labelled["hazard"] > 0
+    q = a["quality"]
+    assert q["episodes"] == sum(labelled.values())  # each labelled fault judged once
+    for agent, v in q["by_agent"].items():
+        assert 0 <= v["matched"] <= v["activations"], agent
+        assert 0 <= v["recalled"] <= v["episodes"], agent
+    assert q["matched"] == sum(v["matched"] for v in q["by_agent"].values())
+    k = a["kpis"]
+    assert k["activations"] == k["new"] + k["reactivated"] > 0
+    assert k["activations_per_period"]["peak"] >= k["activations_per_period"]["average"]
+    assert sum(t["activations"] for t in k["top"]) <= k["activations"]
+    t = a["targets"]
+    assert t["precision"]["value"] == pytest.approx(q["matched"] / q["activations"])
+    assert t["activations_per_10min"]["value"] == k["activations_per_period"]["average"]
+
+
 def test_report_names_every_target(quick_bench: tuple[dict, str]) -> None:
     results, stdout = quick_bench
     rows = all_targets(results)
@@ -76,6 +96,10 @@ def test_report_names_every_target(quick_bench: tuple[dict, str]) -> None:
         "pipeline.end_to_end_per_s",
         "pipeline.end_to_end_ratio",
         "pipeline.record_to_alarm_p99_ms",
+        "alarms.activations_per_10min",
+        "alarms.precision",
+        "alarms.recall",
+        "alarms.pm_lead_24h_share",
     }
     for name, t in rows:
         assert t["met"] == (

@@ -125,13 +125,21 @@ class Master:
         return self.soe.take()
 
     async def operate(self, command: Any, index: int, *, select: bool = False) -> list:
-        answers: list = []
-        if select:
-            self.master.SelectAndOperate(command, index, answers.append)
-        else:
-            self.master.DirectOperate(command, index, answers.append)
-        await until(lambda: answers, f"an answer to the command on {index}")
-        return [r.status for r in answers[0].to_list()]
+        """The outstation's statuses for one command. A command issued before the link is
+        up (a loaded machine connects late) fails with no answer from the outstation at
+        all (FAILURE_NO_COMMS, status UNDEFINED); it is sent again until it is answered."""
+        deadline = time.monotonic() + 20.0
+        while True:
+            answers: list = []
+            if select:
+                self.master.SelectAndOperate(command, index, answers.append)
+            else:
+                self.master.DirectOperate(command, index, answers.append)
+            await until(lambda got=answers: got, f"an answer to the command on {index}")
+            unanswered = answers[0].summary == o.TaskCompletion.FAILURE_NO_COMMS
+            if not unanswered or time.monotonic() > deadline:
+                return [r.status for r in answers[0].to_list()]
+            await asyncio.sleep(0.1)
 
 
 @contextmanager

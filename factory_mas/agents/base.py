@@ -42,7 +42,7 @@ from ..settings import LEVELS, AgentSettings, Level
 from ..store import Store
 from ..tasks import cancel
 from ..ws import WsClient, frame, stream
-from .conditioning import Conditioner, Gate, SubjectMemory, gate_step
+from .conditioning import Conditioner, Gate, SubjectMemory, gate_prediction
 
 log = logging.getLogger(__name__)
 
@@ -401,19 +401,8 @@ class BaseAgent(abc.ABC):
             elif gate.reported == p.level and gate.rising_since is gate.normal_since is None:
                 continue  # most predictions: the level told is the level seen, no news
             alert = self.make_alert(p) if RANK[p.level] >= RANK[s.alert_min_level] else None
-            on_s, _ = s.delays_for(alert.type if alert is not None else "")
-            _, off_s = s.delays_for(gate.reported_type)
-            told = gate_step(
-                gate,
-                p.level,
-                p.record_ts.timestamp(),
-                s.alert_min_level,
-                on_s,
-                off_s,
-                s.on_delay_skip_level,
-            )
+            told = gate_prediction(gate, p, alert.type if alert is not None else "", s)
             if told == "alert" and alert is not None:
-                gate.reported_type = alert.type
                 alert.timestamp = p.record_ts
                 alerts.append(alert)
                 self.counters["alerts"] += 1

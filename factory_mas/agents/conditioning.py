@@ -25,7 +25,8 @@ from typing import Literal
 import msgspec
 
 from ..levels import RANK
-from ..settings import Level
+from ..messages import Prediction
+from ..settings import AgentSettings, Level
 
 # A machine or a camera (PPE).
 SubjectKey = Hashable
@@ -182,3 +183,15 @@ def gate_step(
         gate.reported, gate.reported_type, gate.normal_since = "NORMAL", "", None
         return "normal"
     return None
+
+
+def gate_prediction(gate: Gate, p: Prediction, alert_type: str, s: AgentSettings) -> Told | None:
+    """One prediction through its subject's gate with the agent's settings: the on-delay
+    of the alert type it would raise, the off-delay of the type last told."""
+    on_s = s.delays_for(alert_type)[0]
+    off_s = s.delays_for(gate.reported_type)[1]
+    at = p.record_ts.timestamp()
+    told = gate_step(gate, p.level, at, s.alert_min_level, on_s, off_s, s.on_delay_skip_level)
+    if told == "alert":
+        gate.reported_type = alert_type
+    return told

@@ -329,6 +329,27 @@ def as_grouped(change: Change) -> Change:
     return Change(alarm, event, annunciated=False, plan=False)
 
 
+def as_suppressed(change: Change, by: Alarm) -> Change:
+    """An activation that a related active alarm on the same machine already annunciates
+    (designed suppression): raised as usual, listed and audited, but silent."""
+    assert change.event is not None
+    alarm = replace(change.alarm, suppressed_by=by.id)
+    detail = f"{by.source} {by.type} (alarm {by.id}) is active on the same subject"
+    event = replace(change.event, kind=f"{change.event.kind}_suppressed", detail=detail)
+    return Change(alarm, event, annunciated=False, plan=False)
+
+
+def suppressor(working: dict[Key, Alarm], alarm: Alarm, by: list[str]) -> Alarm | None:
+    """The active alarm among `by` ("source/type") on `alarm`'s subject, if any."""
+    subject = key_of(alarm)[2]
+    for name in by:
+        source, _, kind = name.partition("/")
+        other = working.get((source, kind, subject))
+        if other is not None and other.state in ACTIVE_STATES:
+            return other
+    return None
+
+
 def group_alert(alert: Alert, members: list[Alarm]) -> Alert:
     """The alert for the group alarm of `alert`'s source and type, on behalf of the
     active `members` (each a machine or camera)."""

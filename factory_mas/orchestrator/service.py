@@ -96,6 +96,7 @@ class Orchestrator:
             "chattering": 0,
             "chatter_shelved": 0,
             "grouped": 0,
+            "suppressed": 0,
             "decisions": 0,
             "plans_repeated": 0,
             "store_retries": 0,
@@ -237,7 +238,7 @@ class Orchestrator:
             changes: list[Change] = []
             for alert in alerts:
                 for change in logic.apply_alert(working, alert):
-                    for grouped in self._common_cause(working, alert, change):
+                    for grouped in self._rationalised(working, alert, change):
                         for c in [grouped, *self._chatter(grouped)]:
                             changes.append(c)
                             self._keep(working, c.alarm)
@@ -249,10 +250,12 @@ class Orchestrator:
         await self._after(changes)
         return _distinct([c.alarm for c in changes])
 
-    def _common_cause(
+    def _rationalised(
         self, working: dict[Key, Alarm], alert: Alert, change: Change
     ) -> list[Change]:
-        """Many alarms of one source and type at once are one situation: past
+        """One situation, one annunciation. An activation that a related alarm on its
+        subject already says (suppress_by) goes silent. And many alarms of one source
+        and type at once are one situation: past
         group_min_alarms within group_window_s, a member's activation goes silent and its
         group alarm (no subject) is raised or updated instead; the group clears with the
         last active member."""
@@ -270,6 +273,11 @@ class Orchestrator:
             return [change]
         if not change.annunciated:
             return [change]
+        related = s.suppress_by.get(f"{alarm.source}/{alarm.type}")
+        by = logic.suppressor(working, alarm, related) if related else None
+        if by is not None:
+            self.counters["suppressed"] += 1
+            return [logic.as_suppressed(change, by)]
         subject = logic.key_of(alarm)[2]
         self.bursts.note(group_key, at.timestamp(), subject)
         if self.bursts.others(group_key, subject) < s.group_min_alarms:
