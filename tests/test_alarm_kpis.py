@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from factory_mas.messages import RETURN_TO_NORMAL, Alarm
+from factory_mas.orchestrator import records
 from factory_mas.orchestrator.kpis import Event, Rules, kpis
 from factory_mas.orchestrator.logic import ActivationWindow
 
@@ -184,15 +185,26 @@ async def test_many_alarms_of_one_cause_sound_as_one_group_alarm(settings):
         state = (await client.get("/api/orchestrator/system-state")).json()
         assert state["flood"]["activations_in_window"] == 3
         assert state["flood"]["active"] is False
+        # Acknowledging the group acknowledges its silent members, each audited.
+        assert (
+            await act(client, group[0]["id"], "ack", by="op", note="segment isolated")
+        ).status_code == 200
+        after = await alarms(client, "?limit=100")
+        assert all(a["state"] == "ACTIVE_ACK" for a in after if a["grouped"])
+        assert sum(a["state"] == "ACTIVE_UNACK" for a in after) == 2  # the two that sounded
+        member = next(a for a in after if a["grouped"])
+        trail = (await client.get(f"/api/orchestrator/alarms/{member['id']}")).json()["events"]
+        assert trail[-1]["kind"] == "acked" and trail[-1]["by"] == "op"
+        assert f"with group alarm {group[0]['id']}" in trail[-1]["detail"]
         # The group clears with the last of its members.
         clear = {**body, "type": RETURN_TO_NORMAL, "level": "NORMAL"}
         for machine in range(1, 30):
             await post_alert(client, {**clear, "machine_id": machine})
         group_now = components.orchestrator.alarm_by_id(group[0]["id"])
-        assert group_now is not None and group_now.state == "ACTIVE_UNACK"  # one still on
+        assert group_now is not None and group_now.state == "ACTIVE_ACK"  # one still on
         await post_alert(client, {**clear, "machine_id": 30})
-        group_now = components.orchestrator.alarm_by_id(group[0]["id"])
-        assert group_now is not None and group_now.state == "CLEARED_UNACK"
+        group_now = await components.store.read(records.get, group[0]["id"])
+        assert group_now is not None and group_now.state == "CLEARED_ACK"  # acked above
 
 
 async def test_group_min_alarms_0_turns_grouping_off(settings):

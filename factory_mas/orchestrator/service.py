@@ -398,7 +398,24 @@ class Orchestrator:
         return next((a for a in self.open.values() if a.id == alarm_id), None)
 
     async def ack(self, alarm_id: int, by: str, note: str = "") -> Alarm:
-        return await self.act(alarm_id, lambda a: logic.acknowledge(a, by, _now(), note))
+        """Acknowledge an alarm; a group alarm's acknowledgement covers its silent members
+        too (each gets its own audit line, by the same person)."""
+        alarm = await self.act(alarm_id, lambda a: logic.acknowledge(a, by, _now(), note))
+        if logic.key_of(alarm)[2] == "":
+            members = [
+                a
+                for a in self.open.values()
+                if a.grouped
+                and (a.source, a.type) == (alarm.source, alarm.type)
+                and a.state in ("ACTIVE_UNACK", "CLEARED_UNACK")
+            ]
+            with_group = f"with group alarm {alarm.id}" + (f": {note}" if note else "")
+            for member in members:
+                with contextlib.suppress(AlarmConflict, AlarmNotFound):
+                    await self.act(
+                        member.id, lambda a: logic.acknowledge(a, by, _now(), with_group)
+                    )
+        return alarm
 
     async def shelve(self, alarm_id: int, by: str, duration_s: float, reason: str = "") -> Alarm:
         at = _now()
