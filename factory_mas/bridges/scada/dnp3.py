@@ -383,6 +383,13 @@ class Dnp3Server:
         except Exception as exc:  # a port in use, no permission, a bad host
             self.error = f"cannot listen on {self.host}:{self.port}: {exc}"
             log.error("dnp3: %s", self.error)
+            if started.done():
+                # The outstation failed by itself and its loop is ending on its own: a stop
+                # sent into that loop now could be left pending as it closes (a "coroutine
+                # never awaited" seen under load). Wait for the thread instead.
+                await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_S)
+                if not self._thread.is_alive():
+                    self._thread = self._runner = None
             await self._stop()
         else:
             log.info("dnp3: outstation %d listening on %s:%d", self.address, self.host, self.port)
