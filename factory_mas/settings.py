@@ -865,6 +865,10 @@ def describe(t: mi.Type) -> str:
     if isinstance(t, mi.ListType):
         return "a list (comma-separated in an environment variable)"
     if isinstance(t, mi.DictType):
+        if isinstance(t.value_type, mi.StructType):
+            return "a table of tables (in the settings file; no environment form)"
+        if isinstance(t.value_type, mi.ListType):
+            return "a table (key=a|b pairs, comma-separated, in an environment variable)"
         return "a table (key=value pairs, comma-separated, in an environment variable)"
     if isinstance(t, mi.StrType):
         return "a string"
@@ -890,6 +894,12 @@ def _env_value(raw: str, t: mi.Type) -> Any:
         return [item.strip() for item in raw.split(",") if item.strip()]
     if isinstance(t, mi.DictType):
         pairs = (item.partition("=") for item in raw.split(",") if item.strip())
+        if isinstance(t.value_type, mi.ListType):
+            # key=a|b: a list per key (orchestrator.suppress_by).
+            return {
+                key.strip(): [v.strip() for v in value.split("|") if v.strip()]
+                for key, _, value in pairs
+            }
         return {key.strip(): value.strip() for key, _, value in pairs}
     if isinstance(t, mi.LiteralType) and all(isinstance(v, str) for v in t.values):
         # LOG_LEVEL=INFO and log_level="info" are both common spellings.

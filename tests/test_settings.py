@@ -334,3 +334,29 @@ def test_twilio_credentials_come_from_their_usual_names() -> None:
     )
     assert s.notify.configured and s.notify.twilio_to_number == "+15550002222"
     assert s.planner.url == "http://planner.local:9000/plan"
+
+
+def test_alarm_rationalisation_settings_from_the_environment_and_their_errors():
+    env = {"FACTORY_ORCHESTRATOR_SUPPRESS_BY": "energy_agent/POWER_ANOMALY=a/B|c/D, x/Y=z/W"}
+    s = load_settings(env=env, path=REPO / "settings.toml")
+    assert s.orchestrator.suppress_by == {
+        "energy_agent/POWER_ANOMALY": ["a/B", "c/D"],
+        "x/Y": ["z/W"],
+    }
+    with pytest.raises(SettingsError, match=r"suppress_by: 'nosl' is not source/type"):
+        load_settings(
+            env={"FACTORY_ORCHESTRATOR_SUPPRESS_BY": "nosl=a/B"}, path=REPO / "settings.toml"
+        )
+    with pytest.raises(SettingsError, match="settings file; no environment form"):
+        load_settings(
+            env={"FACTORY_AGENTS_PM_TYPE_DELAYS": "LOW_RUL=5"}, path=REPO / "settings.toml"
+        )
+    with pytest.raises(SettingsError, match="chatter_shelve_s"):
+        load_settings(
+            env={"FACTORY_ORCHESTRATOR_CHATTER_SHELVE_S": "99999"}, path=REPO / "settings.toml"
+        )
+    with pytest.raises(SettingsError, match="failure_probability_warning"):
+        load_settings(
+            env={"FACTORY_AGENTS_PM_FAILURE_PROBABILITY_WARNING": "0.9"},
+            path=REPO / "settings.toml",
+        )
