@@ -214,16 +214,7 @@ class ClientAllowList:
         self._lock = threading.Lock()
 
     def allows(self, host: str | None) -> bool:
-        if not self.networks:
-            return True
-        try:
-            address = ipaddress.ip_address((host or "").split("%")[0])
-        except ValueError:
-            address = None
-        if address is not None and isinstance(address, ipaddress.IPv6Address):
-            # An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
-            address = address.ipv4_mapped or address
-        if address is not None and any(address in net for net in self.networks):
+        if not self.networks or self.covers(host):
             return True
         with self._lock:
             self.refused += 1
@@ -238,3 +229,14 @@ class ClientAllowList:
                 host,
             )
         return False
+
+    def covers(self, host: str | None) -> bool:
+        """Whether `host` is in the list (an empty list covers no one); not counted."""
+        try:
+            address = ipaddress.ip_address((host or "").split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address):
+            # An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+            address = address.ipv4_mapped or address
+        return any(address in net for net in self.networks)

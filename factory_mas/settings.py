@@ -460,22 +460,31 @@ class ScadaSettings(_Section):
         default_factory=lambda: [1, 2, 3, 4, 5]
     )
     update_interval_s: Annotated[float, Meta(ge=0.05, le=10)] = 0.5
-    # Writes from control systems (settings, enable, acknowledge); false = read-only.
-    writes_enabled: bool = True
+    # Writes from control systems (settings, enable, acknowledge). Off out of the box:
+    # every protocol is read-only until a plant opens writes deliberately. When on, an
+    # OPC UA write needs a user logged in with an API key of the role the HTTP API asks
+    # for the same change (Anonymous stays read-only), and Modbus or DNP3 writes come
+    # only from `write_clients`, acting with `write_clients_role`.
+    writes_enabled: bool = False
     # Client addresses (IPs or networks, e.g. 10.0.0.0/8) allowed to talk Modbus or DNP3;
     # empty = any. OPC UA has its own security policy.
     allowed_clients: list[str] = field(default_factory=list)
+    # Modbus and DNP3 carry no user, so a write is trusted by its address: only these
+    # clients (IPs or networks) may write; empty = no Modbus or DNP3 writes at all.
+    write_clients: list[str] = field(default_factory=list)
+    # What those clients may do: "operator" acknowledges alarms; "admin" also changes
+    # settings and starts or stops agents, as over HTTP.
+    write_clients_role: Literal["operator", "admin"] = "operator"
 
     def __post_init__(self) -> None:
         import ipaddress
 
-        for entry in self.allowed_clients:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"allowed_clients: {entry!r} is not an IP address or network"
-                ) from None
+        for name in ("allowed_clients", "write_clients"):
+            for entry in getattr(self, name):
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{name}: {entry!r} is not an IP address or network") from None
 
 
 class BacklogSettings(_Section):

@@ -212,6 +212,16 @@ def with_scada(settings: Settings, **scada: object) -> Settings:
     )
 
 
+async def add_key(settings: Settings, name: str, role: str) -> str:
+    """An API key made in the app's store as `python -m factory_mas keys add` makes it:
+    before the app starts, so every server already knows it."""
+    from factory_mas.auth import keys
+
+    async with Store.from_settings(settings) as store:
+        _id, key = await store.write(keys.add, name, role, "test", "test")
+    return key
+
+
 async def until(predicate: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
     """Wait for what another task makes true; the timeout is only a hang guard."""
     try:

@@ -71,6 +71,8 @@ EXPECTED: dict[tuple[str, str], str] = {
             ("GET", f"/api/{slug}/history"): "viewer",
             ("POST", f"/api/{slug}/predict"): "operator",
             ("POST", f"/api/{slug}/reload"): "admin",
+            ("POST", f"/api/{slug}/start"): "admin",
+            ("POST", f"/api/{slug}/stop"): "admin",
             (WEBSOCKET, f"/api/{slug}/ws"): "viewer",
         }.items()
     },

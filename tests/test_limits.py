@@ -318,7 +318,7 @@ async def test_modbus_writes_disabled_are_refused_and_audited(settings: Settings
         status = (await client.get("/api/pm/status")).json()
         assert status["settings"]["rul_critical_hours"] == before
         changes = (await client.get("/api/config/changes")).json()["changes"]
-    [change] = [c for c in changes if c["origin"] == "scada:modbus"]
+    [change] = [c for c in changes if c["origin"].startswith("scada:modbus 127.0.0.1:")]
     assert not change["accepted"]
     assert change["result"]["code"] == "read_only"
     assert change["result"]["error"] == Writes.DISABLED
@@ -385,6 +385,6 @@ async def test_dnp3_commands_refused_when_writes_are_disabled(settings: Settings
             assert statuses == [o.CommandStatus.NOT_SUPPORTED]
         assert (await client.get("/api/pm/health")).json()["status"] == "running"
         changes = (await client.get("/api/config/changes")).json()["changes"]
-    refused = [c for c in changes if c["origin"] == "scada:dnp3"]
+    refused = [c for c in changes if c["origin"].startswith("scada:dnp3 127.0.0.1:")]
     assert len(refused) == 2 and not any(c["accepted"] for c in refused)
     assert {c["result"]["error"] for c in refused} == {Writes.DISABLED}

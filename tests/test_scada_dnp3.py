@@ -26,13 +26,20 @@ OUTSTATION, MASTER = 10, 1
 
 
 def dnp3_only(settings: Settings, **overrides: object) -> Settings:
+    """DNP3 only, commands open to this test's master with every right (the rights
+    themselves are tested in tests/test_scada_security.py)."""
+    writes: dict[str, object] = {
+        "writes_enabled": True,
+        "write_clients": ["127.0.0.1"],
+        "write_clients_role": "admin",
+    }
     return with_scada(
         settings,
         dnp3_enabled=True,
         dnp3_port=free_port(),
         dnp3_outstation_address=OUTSTATION,
         dnp3_master_address=MASTER,
-        **overrides,
+        **{**writes, **overrides},
     )
 
 
@@ -237,7 +244,7 @@ async def test_integrity_poll_events_and_commands(settings):
 
         assert server.status()["commands"] == {"selected": 1, "operated": 3, "refused": 6}
         changes = (await client.get("/api/config/changes?limit=100")).json()["changes"]
-    from_dnp3 = [c for c in changes if c["origin"] == "scada:dnp3"]
+    from_dnp3 = [c for c in changes if c["origin"].startswith("scada:dnp3 127.0.0.1:")]
     assert {c["by"] for c in from_dnp3} == {"dnp3 master"}
     # stop, start, the setting; two out of range, wrong type, two unmapped, a NUL CROB.
     assert sum(c["accepted"] for c in from_dnp3) == 3

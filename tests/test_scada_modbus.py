@@ -27,12 +27,17 @@ DEVICE = 3
 
 
 def modbus_settings(settings: Settings, float32: bool, port: int | None = None) -> Settings:
+    """Modbus only, writes open to this test's client with every right (the rights
+    themselves are tested in tests/test_scada_security.py)."""
     return with_scada(
         settings,
         modbus_enabled=True,
         modbus_port=port or free_port(),
         modbus_device_id=DEVICE,
         modbus_float32=float32,
+        writes_enabled=True,
+        write_clients=["127.0.0.1"],
+        write_clients_role="admin",
     )
 
 
@@ -181,7 +186,9 @@ async def test_writes_a_setting_and_refuses_bad_writes(settings: Settings, float
         status = (await client.get("/api/pm/status")).json()
         assert status["settings"]["rul_critical_hours"] == 30.5
         assert await read(modbus, critical, float32) == 30.5
-        [row] = [c for c in await changes(client) if c["origin"] == "scada:modbus"]
+        [row] = [
+            c for c in await changes(client) if c["origin"].startswith("scada:modbus 127.0.0.1:")
+        ]
         assert row["accepted"] and row["target"] == "pm_agent"
 
         # Unmapped address: beyond the holding table.
@@ -216,7 +223,9 @@ async def test_writes_a_setting_and_refuses_bad_writes(settings: Settings, float
         assert status["settings"]["failure_probability_emergency"] == 0.8
         assert await read(modbus, critical, float32) == 30.5
 
-        refused = [c for c in await changes(client) if c["origin"] == "scada:modbus"]
+        refused = [
+            c for c in await changes(client) if c["origin"].startswith("scada:modbus 127.0.0.1:")
+        ]
         refused = [c for c in refused if not c["accepted"]]
         codes = {(c["result"] or {}).get("code") for c in refused}
         assert {"out_of_range", "wrong_type", "read_only", "not_found"} <= codes, refused

@@ -15,7 +15,7 @@ from factory_mas.bridges.scada.opcua import CERT_FILE, KEY_FILE, ensure_certific
 from factory_mas.bridges.scada.points import NAMESPACE
 from factory_mas.settings import Settings
 
-from .conftest import free_port, record, running_app, with_scada
+from .conftest import add_key, free_port, record, running_app, with_scada
 
 GROUPS = {"SystemStatus", "PredictiveMaintenance", "EnergyOptimization", "CyberSecurity",
           "WorkplaceSafety", "PPECompliance", "Machines"}  # fmt: skip
@@ -28,6 +28,14 @@ def opcua_settings(settings: Settings, **scada: object) -> Settings:
 
 def url(settings: Settings) -> str:
     return f"opc.tcp://127.0.0.1:{settings.scada.opcua_port}/factory_mas/"
+
+
+def logged_in(settings: Settings, key: str, **kw: object) -> Client:
+    """A client that logs in with an API key as its password (the user name is free)."""
+    client = Client(url(settings), **kw)
+    client.set_user("scada-test")
+    client.set_password(key)
+    return client
 
 
 async def node(client: Client, *path: str):
@@ -46,7 +54,7 @@ async def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
 
 
 async def test_namespace_layout_types_units_and_timestamps(settings: Settings) -> None:
-    s = opcua_settings(settings)
+    s = opcua_settings(settings, writes_enabled=True)
     async with running_app(s) as (c, _http), Client(url(s)) as client:
         idx = await client.get_namespace_index(NAMESPACE)
         root = await node(client)
@@ -140,9 +148,10 @@ async def test_subscription_delivers_changes(settings: Settings) -> None:
 
 
 async def test_threshold_write_is_used_by_the_agent(settings: Settings) -> None:
-    s = opcua_settings(settings)
+    s = opcua_settings(settings, writes_enabled=True)
+    admin = await add_key(s, "scada-admin", "admin")
     degraded = record(1, temperature_c=80, vibration_hz=3.5, maintenance_score=0.7)
-    async with running_app(s) as (c, http), Client(url(s)) as client:
+    async with running_app(s) as (c, http), logged_in(s, admin) as client:
         before = (await http.post("/api/pm/predict", json=degraded)).json()
         rul = before["result"]["rul_hours"]
         assert rul + 4 < s.agents.pm.rul_caution_hours, "the record must sit below CAUTION"
@@ -164,14 +173,15 @@ async def test_threshold_write_is_used_by_the_agent(settings: Settings) -> None:
         assert after["level"] == "CRITICAL"
 
         changes = (await http.get("/api/config/changes")).json()["changes"]
-        mine = [ch for ch in changes if ch["origin"] == "scada:opcua" and ch["accepted"]]
-        assert len(mine) == 2
+        mine = [ch for ch in changes if ch["origin"].startswith("scada:opcua ") and ch["accepted"]]
+        assert len(mine) == 2 and {ch["by"] for ch in mine} == {"scada-admin"}
         assert c.scada.status()["servers"]["opcua"]["writes"] == {"accepted": 2, "refused": 0}
 
 
 async def test_bad_writes_are_refused_and_audited(settings: Settings) -> None:
-    s = opcua_settings(settings)
-    async with running_app(s) as (c, http), Client(url(s)) as client:
+    s = opcua_settings(settings, writes_enabled=True)
+    admin = await add_key(s, "scada-admin", "admin")
+    async with running_app(s) as (c, http), logged_in(s, admin) as client:
         critical = await node(client, "PredictiveMaintenance", "RulCriticalHours")
         alarms = await node(client, "SystemStatus", "ActiveAlarms")
         cases = [
@@ -189,11 +199,13 @@ async def test_bad_writes_are_refused_and_audited(settings: Settings) -> None:
         assert await alarms.read_value() == 0
 
         changes = (await http.get("/api/config/changes")).json()["changes"]
-        refused = [ch for ch in changes if ch["origin"] == "scada:opcua" and not ch["accepted"]]
+        refused = [
+            ch for ch in changes if ch["origin"].startswith("scada:opcua ") and not ch["accepted"]
+        ]
         assert len(refused) == len(cases)
         codes = sorted(ch["result"]["code"] for ch in refused if ch["result"].get("code"))
         assert {"out_of_range", "wrong_type", "read_only"} <= set(codes)
-        assert any(ch["request"] == {"point": "system.alarms_active", "value": 5}
+        assert any(ch["request"] == {"point": "system.alarms_active", "value": 5, "role": "admin"}
                    for ch in refused)  # fmt: skip
         status = (await http.get("/api/pm/status")).json()
         assert status["settings"]["rul_critical_hours"] == s.agents.pm.rul_critical_hours
@@ -219,7 +231,8 @@ async def test_port_in_use_keeps_the_app_running(settings: Settings) -> None:
 
 
 async def test_basic256sha256_sign_and_encrypt(settings: Settings, tmp_path: Path) -> None:
-    s = opcua_settings(settings, opcua_security="Basic256Sha256")
+    s = opcua_settings(settings, opcua_security="Basic256Sha256", writes_enabled=True)
+    admin = await add_key(s, "scada-admin", "admin")
     cert_file = Path(s.data_dir) / "scada" / CERT_FILE
     async with running_app(s) as (c, _http):
         status = c.scada.status()["servers"]["opcua"]
@@ -240,7 +253,7 @@ async def test_basic256sha256_sign_and_encrypt(settings: Settings, tmp_path: Pat
 
         # A client with its own certificate connects, reads and writes.
         client_cert, client_key = await ensure_certificate(tmp_path / "client")
-        client = Client(url(s))
+        client = logged_in(s, admin)
         client.application_uri = "urn:6g-mas-factory.com:factory_mas"
         await client.set_security(
             SecurityPolicyBasic256Sha256,

@@ -19,7 +19,7 @@ from .conftest import REPO, record, running_app, with_scada
 
 def scada_only(settings: Settings) -> Settings:
     """SCADA on with no protocol servers: the table, values and writes alone."""
-    return with_scada(settings)
+    return with_scada(settings, writes_enabled=True)
 
 
 def test_the_table_is_complete_unique_and_stable(settings):
@@ -112,10 +112,15 @@ async def test_live_values_follow_the_plant_within_a_second(settings):
         assert await wait_for_value(client, "energy_agent.total_kw", lambda v: v) == power
 
 
+# A write from a control system with every right: the role checks are in
+# tests/test_scada_security.py.
+AS_ADMIN = {"origin": "scada:test", "peer": "192.0.2.7:50123", "role": "admin", "by": "op1"}
+
+
 async def test_writes_are_checked_applied_and_audited(settings):
     async with running_app(scada_only(settings)) as (components, client):
         writes = components.scada.writes
-        ok = await writes.write("pm_agent.rul_critical_hours", 36, "scada:test", "op1")
+        ok = await writes.write("pm_agent.rul_critical_hours", 36, **AS_ADMIN)
         assert ok.ok, ok
         assert components.agents[0].settings.rul_critical_hours == 36
         refusals = {
@@ -127,12 +132,12 @@ async def test_writes_are_checked_applied_and_audited(settings):
             "pm_agent.rul_warning_hours": (30, "rejected"),
         }
         for name, (value, code) in refusals.items():
-            result = await writes.write(name, value, "scada:test", "op1")
+            result = await writes.write(name, value, **AS_ADMIN)
             assert (result.ok, result.code) == (False, code), (name, result)
             assert result.error
-        off = await writes.write("pm_agent.enabled", False, "scada:test", "op1")
+        off = await writes.write("pm_agent.enabled", False, **AS_ADMIN)
         assert off.ok and components.agents[0].status == "stopped"
-        on = await writes.write("pm_agent.enabled", 1, "scada:test", "op1")
+        on = await writes.write("pm_agent.enabled", 1, **AS_ADMIN)
         assert on.ok and components.agents[0].status == "running"
 
         alarm = (
@@ -141,15 +146,15 @@ async def test_writes_are_checked_applied_and_audited(settings):
                 json={"level": "WARNING", "type": "X", "source": "plc", "details": "d"},
             )
         ).json()["alarms"][0]
-        acked = await writes.write("system.acknowledge_alarm", alarm["id"], "scada:test", "op1")
+        acked = await writes.write("system.acknowledge_alarm", alarm["id"], **AS_ADMIN)
         assert acked.ok
         state = (await client.get(f"/api/orchestrator/alarms/{alarm['id']}")).json()["alarm"]
         assert state["state"] == "ACTIVE_ACK" and state["acked_by"] == "op1"
-        again = await writes.write("system.acknowledge_alarm", alarm["id"], "scada:test", "op1")
+        again = await writes.write("system.acknowledge_alarm", alarm["id"], **AS_ADMIN)
         assert again.code == "rejected" and "already acknowledged" in again.error
 
         changes = (await client.get("/api/config/changes?limit=100")).json()["changes"]
-    from_scada = [c for c in changes if c["origin"] == "scada:test"]
+    from_scada = [c for c in changes if c["origin"] == "scada:test 192.0.2.7:50123"]
     # Every attempt is in the trail, accepted or not: a setting, the refusals, stop and
     # start, and two acknowledgements.
     assert len(from_scada) == 1 + len(refusals) + 2 + 2

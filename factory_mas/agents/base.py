@@ -19,6 +19,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ from starlette.websockets import WebSocket
 
 from .. import history
 from ..api import ApiError, json_response, read_json, rejected_response
+from ..auth.keys import actor
 from ..data.schema import parse_many
 from ..errors import FactoryError, StoreError
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
@@ -39,7 +41,7 @@ from ..ingest import REJECTED_TOPIC
 from ..levels import RANK, worst
 from ..messages import RETURN_TO_NORMAL, Alert, Prediction, Rejection, TelemetryRecord
 from ..settings import LEVELS, AgentSettings, Level
-from ..store import Store
+from ..store import Store, audit_change
 from ..tasks import cancel
 from ..ws import WsClient, frame, stream
 from .conditioning import Conditioner, Gate, SubjectMemory, gate_prediction
@@ -269,6 +271,19 @@ class BaseAgent(abc.ABC):
     def settings_changed(self, old: AgentSettings) -> None:  # noqa: B027 - optional hook
         """Recompute what was derived from the settings; runs between two batches, with
         the new settings already in self.settings and `old` the ones they replace."""
+
+    async def set_running(self, on: bool) -> None:
+        """Start or stop the agent on an operator's request (POST /api/<slug>/start or
+        /stop, a SCADA `enabled` write); FactoryError when it does not start."""
+        if on and self.status != "running":
+            await self.start()
+            if self.status != "running":
+                why = f": {self.error}" if self.error else ""
+                if self.status == "disabled":
+                    why = f" (agents.{self.slug}.enabled is false in settings.toml)"
+                raise FactoryError(f"{self.agent_id} did not start: it is {self.status}{why}")
+        elif not on and self.status in ("running", "starting"):
+            await self.stop()
 
     async def restart(self) -> None:
         await self.stop()
@@ -593,6 +608,41 @@ class BaseAgent(abc.ABC):
             ) from None
         return json_response({"agent_id": self.agent_id, "model_version": version})
 
+    async def start_route(self, request: Request) -> Response:
+        return await self._switch(request, on=True)
+
+    async def stop_route(self, request: Request) -> Response:
+        return await self._switch(request, on=False)
+
+    async def _switch(self, request: Request, *, on: bool) -> Response:
+        """Start or stop, audited like a settings change (the SCADA `enabled` point does
+        the same through `set_running`, and needs the same role: admin)."""
+        action = "start" if on else "stop"
+        error = None
+        try:
+            await self.set_running(on)
+        except FactoryError as exc:
+            error = str(exc)
+        data = {"request": {"action": action},
+                "result": {"ok": error is None, "status": self.status, "error": error}}  # fmt: skip
+        try:
+            await self.ctx.store.write(
+                partial(
+                    audit_change,
+                    at=time.time(),
+                    target=self.agent_id,
+                    origin="http",
+                    by=actor(request.scope) or "http",
+                    accepted=error is None,
+                    data=msgspec.json.encode(data),
+                )
+            )
+        except StoreError as exc:  # the agent has started or stopped all the same
+            log.error("%s: %s not audited: %s", self.agent_id, action, exc)
+        if error is not None:
+            raise ApiError(409, "not_started", error)
+        return json_response({"agent_id": self.agent_id, "status": self.status})
+
     async def health_route(self, _request: Request) -> Response:
         body = self.health()
         return json_response(body, 200 if body["healthy"] else 503)
@@ -659,5 +709,7 @@ class BaseAgent(abc.ABC):
             Route("/history", self.history_route),
             Route("/predict", self.predict_route, methods=["POST"]),
             Route("/reload", self.reload_route, methods=["POST"]),
+            Route("/start", self.start_route, methods=["POST"]),
+            Route("/stop", self.stop_route, methods=["POST"]),
             WebSocketRoute("/ws", self.ws_route),
         ]

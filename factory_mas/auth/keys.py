@@ -47,7 +47,12 @@ class Principal:
     prefix: str = ""
 
     def may(self, needed: str) -> bool:
-        return RANK[self.role] >= RANK[needed]
+        return role_allows(self.role, needed)
+
+
+def role_allows(role: Role, needed: str) -> bool:
+    """Whether `role` may do what needs `needed` (viewer < operator < admin)."""
+    return RANK[role] >= RANK[needed]
 
 
 def actor(scope: Mapping[str, Any], claimed: str | None = None) -> str | None:
@@ -166,6 +171,21 @@ def find(conn: Connection, key: str, touch: bool = True) -> Principal | None:
             api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=time.time())
         )
     return Principal(row.name, row.role, row.id, row.prefix)
+
+
+def active(conn: Connection) -> dict[str, Principal]:
+    """Every active key's principal by the key's hash: for servers whose login check
+    cannot wait for the store (OPC UA's is synchronous), kept in memory and refreshed."""
+    rows = conn.execute(
+        sa.select(
+            api_keys.c.id, api_keys.c.name, api_keys.c.role, api_keys.c.prefix, api_keys.c.key_hash
+        ).where(api_keys.c.revoked_at.is_(None))
+    )
+    return {
+        row.key_hash: Principal(row.name, row.role, row.id, row.prefix)
+        for row in rows
+        if row.role in RANK
+    }
 
 
 def count_active(conn: Connection) -> int:

@@ -8,8 +8,11 @@ reads 240. Writable numbers are analog outputs (g40 status, g41 commands in the 
 scaled units) at `dnp3_output`; writable Booleans are binary outputs (g10 status, g12
 CROB): LATCH_ON / PULSE_ON (or CLOSE) writes true, LATCH_OFF / PULSE_OFF (or TRIP) false.
 Select-before-operate and direct operate are both accepted. Every command goes through
-the bridge's `Writes`, so it is checked and audited like an OPC UA or Modbus write; a
-refusal comes back to the master as a command status (see `STATUS`).
+the bridge's `Writes`, so it is checked and audited like an OPC UA or Modbus write, with
+the master's address; a refusal comes back to the master as a command status (see
+`STATUS`). DNP3 (without Secure Authentication) carries no user, so a master's role is
+its address's: scada.write_clients_role for scada.write_clients, reads only for everyone
+else (NOT_AUTHORIZED). A SELECT the master may not operate is refused at once.
 
 dnp3py's outstation and its command handler are synchronous, and a write is a coroutine
 on the application's loop, so the outstation runs its own asyncio loop in a thread: a
@@ -25,6 +28,7 @@ import contextlib
 import logging
 import math
 import threading
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +54,7 @@ from dnp3.outstation import (
 )
 
 from ...limits import ClientAllowList
+from .live import peer_text
 from .points import Point
 
 if TYPE_CHECKING:
@@ -64,11 +69,15 @@ BY = "dnp3 master"
 WRITE_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
+# The master (host, port) whose request the outstation is processing: dnp3py serves each
+# connection in a task of its own and calls the command handler from it, peer untold.
+_PEER: ContextVar[tuple[str, int] | None] = ContextVar("dnp3_peer", default=None)
 
 # WriteResult.code -> the command status the master gets back.
 STATUS = {
     "not_found": CommandStatus.NOT_SUPPORTED,  # no writable point at that output index
     "read_only": CommandStatus.NOT_SUPPORTED,
+    "forbidden": CommandStatus.NOT_AUTHORIZED,  # not a write client, or its role too low
     "wrong_type": CommandStatus.FORMAT_ERROR,  # e.g. 2.5 to an Int32 point, a NUL CROB
     "out_of_range": CommandStatus.OUT_OF_RANGE,
     "rejected": CommandStatus.BLOCKED,  # the target refused it (a settings rule, an ack)
@@ -161,11 +170,17 @@ class _GuardedRunner(OutstationTcpRunner):
     The runner accepts one master at a time and drops the current one for every newcomer,
     so a refused client must never reach it: the TCP server's `accept` is wrapped the
     moment the runner stores it (before its first call), and closes such connections
-    itself. Only that runner attribute is intercepted; the rest is dnp3py's."""
+    itself. Only that runner attribute is intercepted, and each connection's task is
+    told its peer (`_PEER`); the rest is dnp3py's."""
 
     def __init__(self, *args: Any, allow: ClientAllowList, **kwargs: Any) -> None:
         self._allow = allow
         super().__init__(*args, **kwargs)
+
+    async def _handle_connection(self, channel: Any) -> None:
+        # Its own task: the peer set here is what every command of this connection sees.
+        _PEER.set(getattr(channel, "remote_address", None))
+        await super()._handle_connection(channel)
 
     @property  # type: ignore[override]
     def _server(self) -> Any:
@@ -311,7 +326,7 @@ class Dnp3Server:
             raw = f"crob {code.op_type.name} tcc={code.tcc.name} clear={code.clear}"
             self._write(point.name, raw)
             return self._refused("not_supported", index, "crob", f"{raw} is not supported")
-        if not operate and self.bridge.settings.writes_enabled:
+        if not operate and self._may_write(point):
             return self._selected()
         return self._result(self._write(point.name, value), index, "crob")
 
@@ -322,11 +337,16 @@ class Dnp3Server:
             return self._result(result, index, "analog output")
         real = value / point.scale if math.isfinite(value) else value
         if not operate:
-            if _refusal(point, real) is not None or not self.bridge.settings.writes_enabled:
+            if _refusal(point, real) is not None or not self._may_write(point):
                 # Certainly refused: audit the attempt the master will never operate.
                 return self._result(self._write(point.name, real), index, "analog output")
             return self._selected()
         return self._result(self._write(point.name, real), index, "analog output")
+
+    def _may_write(self, point: Point) -> bool:
+        peer = _PEER.get()
+        writes = self.bridge.writes
+        return writes.may_write(point, writes.client_role(peer[0] if peer else None))
 
     def _write(self, name: str, raw: Any) -> WriteResult:
         from .live import WriteResult
@@ -334,7 +354,10 @@ class Dnp3Server:
         loop = self._app_loop
         if loop is None or loop.is_closed():
             return WriteResult(False, "unavailable", "the application is stopping")
-        write = self.bridge.writes.write(name, raw, origin=ORIGIN, by=BY)
+        peer = _PEER.get()
+        writes = self.bridge.writes
+        role = writes.client_role(peer[0] if peer else None)
+        write = writes.write(name, raw, ORIGIN, peer=peer_text(peer), role=role, by=BY)
         try:
             future = asyncio.run_coroutine_threadsafe(write, loop)
         except RuntimeError:  # the loop closed meanwhile

@@ -6,8 +6,16 @@ int mode a value is `round(value * scale)` as an unsigned 16-bit integer (clampe
 0..65535) in the first register and the second register reads 0; with `modbus_float32` the
 value is an IEEE 754 float32, big-endian, high word first, over both registers.
 
-Writes go through the bridge's `Writes` (validated, applied, audited) from the simulator's
-async `action` hook, which can refuse a request with a Modbus exception code:
+Writes go through the bridge's `Writes` (validated, applied, audited with the client's
+address) from the simulator's async `action` hook. Modbus carries no user, so a client's
+role is its address's: scada.write_clients_role for scada.write_clients, reads only for
+everyone else. The hook can refuse a request with a Modbus exception code:
+
+- 0x01 ILLEGAL FUNCTION: the client may not write that point (not in write_clients, or
+  its role is too low for it). The standard gives 01 for a function "not an allowable
+  action for the server", also when "the server is in the wrong state to process a
+  request of this type": masters take it as final and do not retry, where 0x04 would be
+  alarmed as a device fault and retried, and 0x02/0x03 would blame the address or value.
 
 - 0x02 ILLEGAL DATA ADDRESS: not a writable point's register, a write starting on a point's
   second register, a float32 point only half covered, coils and discrete inputs (none exist),
@@ -26,6 +34,7 @@ import logging
 import math
 import struct
 from collections import Counter
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +44,18 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ...limits import ClientAllowList
-from .live import Value
+from .live import Value, peer_text
 from .points import Point
 
 if TYPE_CHECKING:
+    from .live import WriteResult
     from .service import ScadaBridge
 
 log = logging.getLogger(__name__)
 ORIGIN = "scada:modbus"
+# The peer (host, port) of the connection whose request is being served: pymodbus runs
+# each request in a task of its own and tells the datastore nothing of who sent it.
+_PEER: ContextVar[tuple[str, int] | None] = ContextVar("modbus_peer", default=None)
 
 READ_HOLDING, READ_INPUT = 3, 4
 WRITE_FCS = {6, 16, 22, 23}  # single, multiple, mask write, read/write multiple
@@ -50,6 +63,7 @@ BIT_FCS = {1, 2, 5, 15}  # coils and discrete inputs: this device has none
 _CODES = {
     "not_found": ExcCodes.ILLEGAL_ADDRESS,
     "read_only": ExcCodes.ILLEGAL_ADDRESS,
+    "forbidden": ExcCodes.ILLEGAL_FUNCTION,  # see the module doc
     "wrong_type": ExcCodes.ILLEGAL_VALUE,
     "out_of_range": ExcCodes.ILLEGAL_VALUE,
     "rejected": ExcCodes.ILLEGAL_VALUE,
@@ -174,20 +188,28 @@ class ModbusServer:
     def _guard_connections(self, server: ModbusTcpServer) -> None:
         """Close connections from clients not in scada.allowed_clients before they are
         served: each new connection's handler checks its peer when the socket is handed to
-        it, and a refused one never sees a byte of its request answered."""
+        it, and a refused one never sees a byte of its request answered. The handler of
+        an accepted one serves each request knowing its peer (`_PEER`), for the write
+        rights and the audit trail."""
         allow = self.allow
-        if not allow.networks:
-            return
         new_handler = server.callback_new_connection
 
         def guarded_handler() -> Any:
             handler = new_handler()
             made = handler.connection_made
+            handle_request = handler.handle_request
 
             def connection_made(transport: Any) -> None:
                 peer = transport.get_extra_info("peername")
                 if allow.allows(peer[0] if peer else None):
                     made(transport)
+
+                    async def handle_request_from_peer() -> None:
+                        # Runs as a task of its own (handle_later), so this is its context.
+                        _PEER.set(peer)
+                        await handle_request()
+
+                    handler.handle_request = handle_request_from_peer
                     return
                 transport.abort()
                 handler.close()  # also forgets it in the server's list of connections
@@ -240,6 +262,9 @@ class ModbusServer:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         if function_code in BIT_FCS:
+            if set_values is not None:  # a coil write: there are none, but it is an attempt
+                await self._write_as_peer(f"modbus:coil:{address}", list(set_values))
+                self.counts["refused"] += 1
             return ExcCodes.ILLEGAL_ADDRESS
         table = "input" if function_code == READ_INPUT else "holding"
         if set_values is None and address + count > self.size[table]:
@@ -270,13 +295,13 @@ class ModbusServer:
                 name = target.name if target is not None else f"modbus:holding:{a}"
                 whole = target is not None and (len(regs) == 2 or not self.float32)
                 raw = decode(target, regs, self.float32) if whole else regs
-                await self.bridge.writes.write(name, raw, origin=ORIGIN)
+                await self._write_as_peer(name, raw)  # refused: not_found or read_only
                 return self._refuse(ExcCodes.ILLEGAL_ADDRESS)
             plan.append((point, regs))
             a += 2
         for point, regs in plan:
             raw = decode(point, regs, self.float32)
-            result = await self.bridge.writes.write(point.name, raw, origin=ORIGIN)
+            result = await self._write_as_peer(point.name, raw)
             if not result.ok:
                 return self._refuse(_CODES.get(result.code or "", ExcCodes.ILLEGAL_VALUE))
             self.counts["accepted"] += 1
@@ -287,6 +312,12 @@ class ModbusServer:
                 if 0 <= a - address + i < len(out):
                     out[a - address + i] = reg
         return None
+
+    async def _write_as_peer(self, name: str, raw: Any) -> WriteResult:
+        peer = _PEER.get()
+        writes = self.bridge.writes
+        role = writes.client_role(peer[0] if peer else None)
+        return await writes.write(name, raw, ORIGIN, peer=peer_text(peer), role=role)
 
     def _refuse(self, code: ExcCodes) -> ExcCodes:
         self.counts["refused"] += 1

@@ -8,12 +8,24 @@ Int32 or Double, and it carries the standard EngineeringUnits (UNECE code) and E
 properties where the table has a unit and a range. Values get the time they were computed
 as SourceTimestamp.
 
+Users are API keys: a client logs in with a user name of its choice (only logged; the
+key's own name is what the audit trail records, as over HTTP) and an API key as password,
+and acts with the key's role. Anonymous sessions are viewers: they read and subscribe and
+never write. A wrong or revoked key is refused at login (BadUserAccessDenied). asyncua
+checks logins synchronously, so the active keys' hashes are kept in memory and re-read
+every auth CACHE_S (the time a revoked key may still work over HTTP too), and soon after a
+login with a key not yet known. User certificate tokens are not offered: they carry no
+role.
+
 Client writes do not go to asyncua's address space: the server's AttributeService is
-replaced by one that sends a write to a point's Value through `Writes.write` (the checks and
-the audit trail every other way in uses) and answers Good only when it was accepted. Read-
-only points advertise AccessLevel CurrentRead, but a write to one still reaches
-`Writes.write`, so the refusal (BadNotWritable) is audited like any other. Writes to
-anything else (folders, properties, the standard nodes) keep asyncua's own access rules.
+replaced by one that sends a write to a point's Value through `Writes.write` (the checks,
+roles and audit trail every other way in uses, with the session's peer address) and
+answers Good only when it was accepted. A point advertises CurrentWrite in AccessLevel only
+when it is writable and scada.writes_enabled is on, and in UserAccessLevel only when the
+session's role may also write it; a write to any other point still reaches
+`Writes.write`, so the refusal (BadNotWritable, BadUserAccessDenied) is audited like any
+other. Writes to anything else (folders, properties, the standard nodes) keep asyncua's
+own access rules, under which no client session is asyncua's Admin.
 
 Security "None" offers only the plain endpoint; "Basic256Sha256" offers only
 Basic256Sha256/SignAndEncrypt with a self-signed certificate and key generated under
@@ -28,18 +40,29 @@ import contextlib
 import logging
 import os
 import socket
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
+from asyncua.server.internal_session import InternalSession
+from asyncua.server.user_managers import UserManager
 
+from ...auth import keys
+from ...auth.keys import Principal, Role
+from ...auth.middleware import CACHE_S
+from ...errors import StoreError
 from ...tasks import cancel
+from .live import peer_text
 from .points import NAMESPACE, Point
 
 if TYPE_CHECKING:
+    from ...store import Store
     from .live import Value
     from .service import ScadaBridge
 
@@ -56,13 +79,19 @@ UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
 REFUSED = {
     "not_found": ua.StatusCodes.BadNodeIdUnknown,
     "read_only": ua.StatusCodes.BadNotWritable,
+    "forbidden": ua.StatusCodes.BadUserAccessDenied,
     "wrong_type": ua.StatusCodes.BadTypeMismatch,
     "out_of_range": ua.StatusCodes.BadOutOfRange,
     "rejected": ua.StatusCodes.BadInvalidArgument,
     "unavailable": ua.StatusCodes.BadResourceUnavailable,
 }
 _ADMIN = User(role=UserRole.Admin)  # asyncua's default for its own internal writes
+_ANONYMOUS = User(role=UserRole.Anonymous)  # a session's user until it is activated
 CERT_FILE, KEY_FILE = "opcua-cert.der", "opcua-key.pem"
+# A login with a key not in memory re-reads the keys, at most this often: a key made a
+# moment ago works on the client's next try, and made-up keys cannot keep the store busy.
+KEYS_REREAD_MIN_S = 1.0
+CURRENT_READ, CURRENT_WRITE = ua.AccessLevel.CurrentRead.mask, ua.AccessLevel.CurrentWrite.mask
 
 
 def eu_information(unit: str) -> ua.EUInformation:
@@ -100,12 +129,108 @@ async def ensure_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@dataclass
+class _Caller(User):
+    """An activated session's user: asyncua's role is User for every client (reads,
+    subscriptions, writes it checks itself; never its Admin, which may add and delete
+    nodes), ours is the API key's, or viewer for Anonymous."""
+
+    key: Principal | None = None
+
+    @property
+    def our_role(self) -> Role:
+        return self.key.role if self.key is not None else "viewer"
+
+
+class _KeyUsers(UserManager):
+    """Logins checked against the active API keys, held in memory (see the module doc)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.known: dict[str, Principal] = {}
+        self.read_at = 0.0
+        self.error: str | None = None
+        self.stale = asyncio.Event()
+
+    async def refresh(self) -> None:
+        try:
+            self.known = await self.store.read(keys.active)
+        except StoreError as exc:  # the keys known before keep working
+            if self.error is None:
+                log.error("opcua: API keys not read, logins use the last known: %s", exc)
+            self.error = str(exc)
+        else:
+            self.error = None
+        self.read_at = time.monotonic()
+
+    async def follow(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stale.wait(), CACHE_S)
+            self.stale.clear()
+            await asyncio.sleep(max(0.0, self.read_at + KEYS_REREAD_MIN_S - time.monotonic()))
+            await self.refresh()
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        # `certificate` is the secure channel's (the client application's), not a user's:
+        # user certificate tokens are not offered (set_identity_tokens), so asyncua
+        # refuses them before asking here.
+        if username is None and password is None:
+            return _Caller(role=UserRole.User, name="anonymous")
+        principal = self.known.get(keys.hash_key(password)) if isinstance(password, str) else None
+        if principal is None:
+            self.stale.set()
+            # Never the password: a wrong one may be a real password mistyped.
+            log.warning("opcua: refused login %r: the password is not an active API key",
+                        username)  # fmt: skip
+            return None
+        return _Caller(role=UserRole.User, name=principal.name, key=principal)
+
+
+# The session a read or write is served for: asyncua hands the AttributeService only the
+# user, and the audit trail wants the session's peer address.
+_SESSION: ContextVar[InternalSession | None] = ContextVar("opcua_session", default=None)
+
+
+class _Session(InternalSession):
+    async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        token = _SESSION.set(self)
+        try:
+            return await super().read(params)
+        finally:
+            _SESSION.reset(token)
+
+    async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
+        token = _SESSION.set(self)
+        try:
+            return await super().write(params)
+        finally:
+            _SESSION.reset(token)
+
+
 class _PointWrites(AttributeService):
-    """asyncua's AttributeService with client writes to a point's Value routed to us."""
+    """asyncua's AttributeService with client writes to a point's Value routed to us, and
+    each point's UserAccessLevel told for the session that reads it."""
 
     def __init__(self, aspace: Any, owner: OpcUaServer) -> None:
         super().__init__(aspace)
         self.owner = owner
+
+    def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        results = super().read(params)
+        for i, item in enumerate(params.NodesToRead):
+            point = self.owner.by_node.get(item.NodeId)
+            if point is not None and item.AttributeId == ua.AttributeIds.UserAccessLevel:
+                writable = self.owner.may_write(point, _caller())
+                level = CURRENT_READ | (CURRENT_WRITE if writable else 0)
+                results[i] = ua.DataValue(ua.Variant(level, ua.VariantType.Byte))
+        return results
 
     async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
         results: list[ua.StatusCode] = []
@@ -115,8 +240,25 @@ class _PointWrites(AttributeService):
                 single = ua.WriteParameters(NodesToWrite=[item])
                 results += await super().write(single, user=user)
             else:
-                results.append(await self.owner.client_write(point, item, user))
+                results.append(await self.owner.client_write(point, item, _caller()))
         return results
+
+
+class Who(NamedTuple):
+    role: Role
+    name: str
+    peer: str
+
+
+def _caller() -> Who:
+    """Who the session being served is; our own process reads as a viewer."""
+    session = _SESSION.get()
+    if session is None:
+        return Who("viewer", "factory_mas", "internal")
+    user = session.user
+    if isinstance(user, _Caller):
+        return Who(user.our_role, user.name or "anonymous", peer_text(session.name))
+    return Who("viewer", "anonymous", peer_text(session.name))
 
 
 class OpcUaServer:
@@ -136,9 +278,11 @@ class OpcUaServer:
         self.by_node: dict[ua.NodeId, Point] = {}
         self.certificate: Path | None = None
         self.writes = {"accepted": 0, "refused": 0}
+        self.users = _KeyUsers(bridge.c.store)
         self._pending: dict[str, tuple[Value, datetime]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._keys_task: asyncio.Task | None = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -149,6 +293,7 @@ class OpcUaServer:
             log.exception("opcua: setting up the server failed")
             self.error = f"setup failed: {exc}"
             return self
+        await self.users.refresh()
         try:
             await server.start()
         except OSError as exc:  # port in use, no permission, unknown host
@@ -157,12 +302,14 @@ class OpcUaServer:
             return self
         self.server, self.listening = server, True
         self._task = asyncio.create_task(self._apply_updates(), name="opcua-updates")
+        self._keys_task = asyncio.create_task(self.users.follow(), name="opcua-keys")
         log.info("opcua: listening on %s (security %s)", self.endpoint, self.security)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await cancel(self._task)
-        self._task = None
+        await cancel(self._keys_task)
+        self._task = self._keys_task = None
         if self.server is not None and self.listening:
             try:
                 await self.server.stop()
@@ -176,8 +323,9 @@ class OpcUaServer:
         return self.settings.opcua_security
 
     async def _build(self) -> Server:
-        server = Server()
+        server = Server(user_manager=self.users)
         await server.init()
+        server.set_identity_tokens([ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
         server.set_endpoint(self.endpoint)
         server.set_server_name("factory_mas OPC UA server")
         await server.set_application_uri(APPLICATION_URI)
@@ -209,6 +357,14 @@ class OpcUaServer:
         # Client writes from now on go through the point table's checks and audit.
         iserver = server.iserver
         iserver.attribute_service = _PointWrites(iserver.aspace, self)
+
+        def create_session(
+            name: Any, user: User = _ANONYMOUS, external: bool = False
+        ) -> InternalSession:
+            return _Session(iserver, iserver.aspace, iserver.subscription_service, name,
+                            user=user, external=external)  # fmt: skip
+
+        iserver.create_session = create_session  # type: ignore[method-assign]
         return server
 
     async def _add_variable(self, folder: Any, point: Point, idx: int) -> None:
@@ -234,7 +390,7 @@ class OpcUaServer:
                 ua.Range(Low=float(point.lo), High=float(point.hi)),
                 datatype=ua.ObjectIds.Range,
             )
-        if point.writable:
+        if point.writable and self.settings.writes_enabled:
             await var.set_writable()
         self.nodes[point.name] = node_id
         self.by_node[node_id] = point
@@ -276,15 +432,19 @@ class OpcUaServer:
 
     # -- writes in -----------------------------------------------------------------------
 
-    async def client_write(self, point: Point, item: ua.WriteValue, user: User) -> ua.StatusCode:
+    def may_write(self, point: Point, caller: Who) -> bool:
+        return self.bridge.writes.may_write(point, caller.role)
+
+    async def client_write(self, point: Point, item: ua.WriteValue, caller: Who) -> ua.StatusCode:
         if item.IndexRange:
             return ua.StatusCode(ua.StatusCodes.BadIndexRangeInvalid)
         dv = item.Value
         bad = dv is None or (dv.StatusCode is not None and not dv.StatusCode.is_good())
         raw = None if bad or dv.Value is None else dv.Value.Value
+        role, name, peer = caller
         try:
             result = await self.bridge.writes.write(
-                point.name, raw, origin="scada:opcua", by=user.name or ""
+                point.name, raw, "scada:opcua", peer=peer, role=role, by=name
             )
         except Exception:
             log.exception("opcua: writing %s failed", point.name)
