@@ -20,6 +20,9 @@ from .errors import FactoryError, SettingsError
 from .logs import formatter
 from .settings import ROLES, ReplaySettings, Settings, load_settings
 
+# Where `replay --url` finds its API key when --key is not given.
+API_KEY_ENV = "FACTORY_API_KEY"
+
 log = logging.getLogger("factory_mas")
 
 
@@ -99,6 +102,12 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     mqtt = args.mqtt or args.broker is not None
+    if args.key is not None and (mqtt or args.stdout):
+        print(
+            "factory_mas replay: --key goes with --url (HTTP), not --mqtt or --stdout",
+            file=sys.stderr,
+        )
+        return 2
     if mqtt_only and not mqtt:
         print(f"factory_mas replay: {', '.join(mqtt_only)} need --mqtt", file=sys.stderr)
         return 2
@@ -151,6 +160,10 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
         url = args.url or f"http://127.0.0.1:{settings.server.port}/api/ingest"
+        key = args.key or os.environ.get(API_KEY_ENV, "")
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
         async with httpx.AsyncClient(timeout=30) as client:
 
             async def post(rows: list[dict[str, Any]], _indices: list[int] | None) -> None:
@@ -158,10 +171,16 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
                     response = await client.post(
                         url,
                         content=encoder.encode(rows),
-                        headers={"content-type": "application/json"},
+                        headers=headers,
                     )
                 except httpx.HTTPError as exc:
                     raise FactoryError(f"cannot reach {url}: {exc}") from exc
+                if response.status_code in (401, 403):
+                    given = "the key given" if key else f"no key (--key or {API_KEY_ENV})"
+                    raise FactoryError(
+                        f"{url} answered {response.status_code} with {given}: ingest needs "
+                        f"an API key with the operator role ({response.text[:200]})"
+                    )
                 if response.status_code >= 400 and response.status_code != 422:
                     raise FactoryError(
                         f"{url} answered {response.status_code}: {response.text[:200]}"
@@ -400,6 +419,11 @@ def parser() -> argparse.ArgumentParser:
         "--url", help="POST batches here (default: http://127.0.0.1:PORT/api/ingest)"
     )
     target.add_argument("--stdout", action="store_true", help="print one JSON record per line")
+    replay.add_argument(
+        "--key",
+        help=f"--url: the API key to send (operator role); default ${API_KEY_ENV}. "
+        "The environment keeps it out of the process list",
+    )
     target.add_argument(
         "--mqtt",
         action="store_true",

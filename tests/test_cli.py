@@ -190,3 +190,40 @@ def test_replay_to_a_running_server(tmp_path, cli_env, server_factory):
     history = server.get("/api/pm/history", params={"limit": 500}).json()
     assert history["count"] == 200
     assert {p["machine_id"] for p in history["predictions"]} == set(range(1, 51))
+
+
+def test_replay_sends_its_key_to_a_server_that_asks_for_one(tmp_path, cli_env, server_factory):
+    data = tmp_path / "keyed-data"
+    cli_env["FACTORY_DATA_DIR"] = str(data)
+    made = run(["keys", "add", "replayer", "--role", "operator"], tmp_path, cli_env)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    server = server_factory({"FACTORY_AUTH_ENABLED": "true"}, data_dir=data)
+    url = server.url + "/api/ingest"
+    replay = ["replay", "--url", url, "--count", "50", "--rate", "0"]
+
+    refused = run(replay, tmp_path, cli_env)
+    assert refused.returncode == 1
+    assert "401" in refused.stderr and "FACTORY_API_KEY" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    wrong = run([*replay, "--key", "not-a-key"], tmp_path, cli_env)
+    assert wrong.returncode == 1
+    assert "401" in wrong.stderr and "the key given" in wrong.stderr
+
+    by_flag = run([*replay, "--key", key], tmp_path, cli_env)
+    assert by_flag.returncode == 0, by_flag.stderr
+    by_env = run(replay, tmp_path, {**cli_env, "FACTORY_API_KEY": key})
+    assert by_env.returncode == 0, by_env.stderr
+
+    def accepted() -> int:
+        status = server.get("/status", headers={"authorization": f"Bearer {key}"})
+        return status.json()["ingest"]["accepted"].get("http", 0)
+
+    wait_until(lambda: accepted() == 100, what="both keyed replays accepted")
+
+
+def test_replay_key_goes_with_url_only(tmp_path, cli_env):
+    done = run(["replay", "--stdout", "--key", "k", "--count", "1"], tmp_path, cli_env)
+    assert done.returncode == 2
+    assert "--key goes with --url" in done.stderr
