@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import logging
 import random
 import signal
 from collections import Counter
@@ -762,3 +763,66 @@ async def test_a_config_request_over_mqtt_is_answered_on_its_result_topic(mosqui
     assert result["by"] == "scada"
     assert result["changed"] == {"rul_critical_hours": [old, 30]}
     assert pm["settings"]["rul_critical_hours"] == 30
+
+
+async def test_retained_messages_are_not_taken_again_on_resubscribe(mosquitto, tmp_path):
+    """A retained config request and a retained reading sit on the broker. Neither is
+    taken when the bridge subscribes, nor after a broker restart, so a newer HTTP change
+    stands and no reading is scored twice; a live message still is."""
+    settings = bridge_settings(tmp_path, mosquitto.port, "bridge-retained")
+    async with aiomqtt.Client(
+        mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as c:
+        await c.publish("config/pm_agent", encode({"set": {"rul_critical_hours": 30}}), 1, True)
+        await c.publish(TELEMETRY, encode([numbered(0)]), qos=1, retain=True)
+    async with running_app(settings) as (_components, http):
+        await bridge_subscribed(mosquitto, "bridge-retained")
+        changed = await http.post("/api/config/pm_agent", json={"set": {"rul_critical_hours": 26}})
+        assert changed.status_code == 200, changed.text
+        await asyncio.to_thread(mosquitto.restart)
+
+        async def connects() -> int:
+            return (await get_status(http))["mqtt"]["connects"]
+
+        await eventually(lambda: _at_least(connects(), 2), "the bridge to reconnect")
+        await bridge_subscribed(mosquitto, "bridge-retained")
+        # A live reading published after the resubscribe: once it is scored, anything the
+        # broker handed over on subscribing would have been taken before it.
+        await publish_all(mosquitto, [(TELEMETRY, [numbered(1)])])
+        await eventually(lambda: _at_least(pm_count(http), 1), "the live reading to be scored")
+        scored = await scored_keys(http)
+        status = await get_status(http)
+        pm = (await http.get("/api/pm/status")).json()
+        trail = (await http.get("/api/config/changes")).json()
+    assert pm["settings"]["rul_critical_hours"] == 26
+    assert scored == Counter({key(numbered(1)): 1})
+    assert accepted_from_mqtt(status) == 1
+    assert [c["origin"] for c in trail["changes"]] == ["http"]
+
+
+async def pm_count(http: httpx.AsyncClient) -> int:
+    return sum((await scored_keys(http)).values())
+
+
+async def test_a_broker_loss_is_one_warning_line(mosquitto, tmp_path, caplog):
+    settings = bridge_settings(tmp_path, mosquitto.port, "bridge-loss")
+    caplog.set_level("INFO")
+    async with running_app(settings) as (_components, http):
+        await bridge_subscribed(mosquitto, "bridge-loss")
+        caplog.clear()
+        await asyncio.to_thread(mosquitto.stop, signal.SIGKILL)
+
+        async def disconnected() -> bool:
+            return (await get_status(http))["mqtt"]["connected"] is False
+
+        await eventually(disconnected, "the bridge to see the broker gone")
+        await eventually(
+            lambda: any("unavailable" in r.getMessage() for r in caplog.records),
+            "the outage to be logged",
+        )
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
+    (line,) = loud
+    assert line.levelno == logging.WARNING
+    assert line.exc_info is None
+    assert "\n" not in line.getMessage()

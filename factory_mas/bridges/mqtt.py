@@ -81,6 +81,14 @@ _predictions = msgspec.json.Decoder(list[Prediction] | Prediction)
 AlertSink = Callable[[Sequence[Alert]], Awaitable[Any]]
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """What broke a connection: the TaskGroup serving it wraps the failures of its tasks
+    (a lost broker fails the receiver and often the sender too)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def _outbox_add(conn: Connection, rows: list[tuple[str, bytes, float]], instance: str = "") -> None:
     conn.execute(
         mqtt_outbox.insert(),
@@ -280,8 +288,11 @@ class MqttBridge:
                 async with self._client() as client:
                     await self._serve(client, again=self.counters["connects"] > 0)
             except Exception as exc:  # the bridge must outlive any one failure
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, aiomqtt.MqttError | OSError | ssl.SSLError):
+                causes = _leaves(exc)
+                self.last_error = "; ".join(f"{type(e).__name__}: {e}" for e in causes)
+                if not all(
+                    isinstance(e, aiomqtt.MqttError | OSError | ssl.SSLError) for e in causes
+                ):
                     log.exception("mqtt: unexpected failure; reconnecting")
             if self.connected:
                 # A connection that worked: the next outage starts its backoff afresh.
@@ -324,9 +335,17 @@ class MqttBridge:
             # config is not: every instance must apply a change. MQTT v5 forbids no-local
             # on a shared subscription.
             group = self.settings.shared_group
-            return f"$share/{group}/{topic_filter}", SubscribeOptions(qos=1)
+            return f"$share/{group}/{topic_filter}", SubscribeOptions(
+                qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
+            )
         qos = 0 if topic_filter.startswith(LIVE_ONLY) else 1
-        return topic_filter, SubscribeOptions(qos=qos, noLocal=True)
+        # A retained message is an old one the broker hands every new subscription: taken
+        # on each (re)subscribe, a retained reading was scored again and a retained config
+        # request reverted newer changes. Live messages still arrive, retained or not, and
+        # the persistent session queues what is published while we are away.
+        return topic_filter, SubscribeOptions(
+            qos=qos, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
+        )
 
     # -- broker -> hub -----------------------------------------------------------------
 
