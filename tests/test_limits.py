@@ -27,13 +27,14 @@ from factory_mas.bridges.scada.points import build_points
 from factory_mas.limits import (
     CSP,
     ClientAllowList,
+    ProxyHeadersMiddleware,
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
     TokenBuckets,
 )
 from factory_mas.settings import LimitsSettings, Settings
 
-from .conftest import free_port, running_app, with_scada
+from .conftest import free_port, running_app, until, with_scada
 from .test_scada_dnp3 import INTEGRITY, OUTSTATION, master
 
 
@@ -152,6 +153,95 @@ async def test_websocket_connect_is_counted() -> None:
     await app(scope, receive, send)
     assert calls == ["/ws"]
     assert sent == [{"type": "websocket.close", "code": 1013, "reason": "too many requests"}]
+
+
+async def test_two_different_keys_are_refused_and_the_same_key_twice_is_fine() -> None:
+    app = limited(tiny_app(), burst=2)
+    valid = {"Authorization": "Bearer fmk_the-real-key"}
+    # A made-up X-API-Key beside the real key once got its own, fresh bucket each time.
+    for i in range(5):
+        async with client_for(app, f"10.0.1.{i}") as client:
+            decoy = await client.get("/data", headers={**valid, "X-API-Key": f"decoy-{i}"})
+            assert decoy.status_code == 400
+            assert decoy.json()["error"] == "conflicting_api_keys"
+            assert "X-API-Key" in decoy.json()["detail"]
+            assert "Authorization: Bearer" in decoy.json()["detail"]
+    async with client_for(app, "10.0.2.1") as client:
+        twice = httpx.Headers([("X-API-Key", "fmk_a"), ("X-API-Key", "fmk_b")])
+        assert (await client.get("/data", headers=twice)).status_code == 400
+        same = {**valid, "X-API-Key": "fmk_the-real-key"}
+        assert (await client.get("/data", headers=same)).status_code == 200
+    # The key's bucket counted it: one more from elsewhere, then it is empty.
+    async with client_for(app, "10.0.2.2") as client:
+        assert (await client.get("/data", headers=valid)).status_code == 200
+        assert (await client.get("/data", headers=valid)).status_code == 429
+
+
+async def test_a_websocket_with_two_keys_is_closed() -> None:
+    app = limited(tiny_app())
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"x-api-key", b"fmk_one"), (b"authorization", b"Bearer fmk_two")]
+    scope = {"type": "websocket", "path": "/ws", "client": ("10.0.0.9", 1), "headers": headers}
+    await app(scope, None, send)  # type: ignore[arg-type]
+    assert [(m["type"], m["code"]) for m in sent] == [("websocket.close", 1008)]
+    assert "2 different API keys" in sent[0]["reason"]
+
+
+# -- proxies -------------------------------------------------------------------------------
+
+
+def test_the_client_is_the_right_most_entry_not_a_trusted_proxy() -> None:
+    proxies = ProxyHeadersMiddleware(tiny_app(), ["10.0.0.0/8", "192.0.2.1"])
+    assert proxies.client_of(["198.51.100.7"]) == "198.51.100.7"
+    # What the client wrote itself is left of what our proxies appended.
+    assert proxies.client_of(["6.6.6.6", "198.51.100.7", "10.1.2.3"]) == "198.51.100.7"
+    assert proxies.client_of(["198.51.100.7:4431", "10.1.2.3"]) == "198.51.100.7"
+    assert proxies.client_of(["[2001:db8::7]:443"]) == "2001:db8::7"
+    assert proxies.client_of(["2001:db8::7"]) == "2001:db8::7"
+    # Every entry one of ours: the one nearest the client.
+    assert proxies.client_of(["10.9.9.9", "192.0.2.1"]) == "10.9.9.9"
+    # Not an address: the peer's address stays (None), whatever the entry says.
+    assert proxies.client_of(["unknown"]) is None
+    assert proxies.client_of(["198.51.100.7", "evil\nline"]) is None
+    assert proxies.client_of([]) is None
+    anyone = ProxyHeadersMiddleware(tiny_app(), ["*"])
+    assert anyone.client_of(["6.6.6.6", "198.51.100.7"]) == "198.51.100.7"
+
+
+async def test_forwarded_headers_count_only_from_a_trusted_proxy() -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["client"][0], scope["scheme"]))
+        await JSONResponse({})(scope, receive, send)
+
+    app = ProxyHeadersMiddleware(inner, ["127.0.0.1"])
+    forwarded = {"X-Forwarded-For": "6.6.6.6, 198.51.100.7", "X-Forwarded-Proto": "https"}
+    async with client_for(app, "127.0.0.1") as proxy, client_for(app, "203.0.113.9") as other:
+        await proxy.get("/", headers=forwarded)
+        await other.get("/", headers=forwarded)
+    assert seen == [("198.51.100.7", "https"), ("203.0.113.9", "http")]
+
+
+def test_a_rotating_forwarded_for_does_not_reset_the_address_bucket(server_factory) -> None:
+    # Every peer trusted, as behind Railway's proxy: our test client plays the proxy.
+    server = server_factory(
+        {
+            "FORWARDED_ALLOW_IPS": "*",
+            "FACTORY_LIMITS_REQUESTS_PER_S": "0.01",
+            "FACTORY_LIMITS_BURST": "5",
+        }
+    )
+    rotating = [{"X-Forwarded-For": f"10.6.6.{i}, 198.51.100.7"} for i in range(8)]
+    statuses = [server.get("/status", headers=h).status_code for h in rotating]
+    assert statuses == [200] * 5 + [429] * 3
+    # Another client behind the same proxy has its own bucket.
+    other = server.get("/status", headers={"X-Forwarded-For": "198.51.100.8"})
+    assert other.status_code == 200
 
 
 async def test_security_headers_everywhere_and_csp_on_pages() -> None:
@@ -354,9 +444,14 @@ async def test_dnp3_refuses_clients_not_allowed(settings: Settings) -> None:
     async with running_app(s) as (components, _client):
         server = components.scada.servers[0]
         assert await closed_by_peer(s.scada.dnp3_port)
+        refused = server.status()["connections_refused"]
         with master(s.scada.dnp3_port) as m:
             m.master.ScanClasses(INTEGRITY, m.soe)
-            await asyncio.sleep(1.5)
+            # The master keeps reconnecting: twice refused, it has had its chances.
+            await until(
+                lambda: server.status()["connections_refused"] >= refused + 2,
+                "the master to be refused twice",
+            )
             assert m.soe.take() == []  # not one measurement reached the master
         assert server.status()["connections_refused"] >= 2
         assert server.status()["listening"]
