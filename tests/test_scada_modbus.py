@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse
@@ -298,3 +299,175 @@ async def test_port_in_use_keeps_the_app_running(settings: Settings) -> None:
             assert problem.startswith("modbus:") and str(port) in problem
             posted = await client.post("/api/pm/predict", json=record(1))
             assert posted.status_code == 200
+
+
+# -- conformance -------------------------------------------------------------------------
+
+
+class RawModbus:
+    """One Modbus/TCP connection spoken byte by byte: for requests no client library will
+    build (a quantity of 0, a byte count that lies, a function code nobody implements)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.tid = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+
+    def ask(self, pdu: bytes, unit: int = DEVICE) -> bytes:
+        """The answer's PDU to one request's, the MBAP header checked and stripped."""
+        self.tid += 1
+        head = self.tid.to_bytes(2, "big") + b"\0\0" + (len(pdu) + 1).to_bytes(2, "big")
+        self.sock.sendall(head + bytes([unit]) + pdu)
+        answer = self._exactly(7)
+        assert answer[:4] == head[:4] and answer[6] == unit, answer
+        return self._exactly(int.from_bytes(answer[4:6], "big") - 1)
+
+
+def _pdu(function_code: int, *words: int, tail: bytes = b"") -> bytes:
+    return bytes([function_code]) + b"".join(w.to_bytes(2, "big") for w in words) + tail
+
+
+# (request PDU, answer PDU): quantities, byte counts and lengths each function forbids are
+# 03 ILLEGAL DATA VALUE, unknown functions 01, both with the request's function code.
+BAD_REQUESTS = [
+    (_pdu(3, 0, 0), b"\x83\x03"),
+    (_pdu(3, 0, 126), b"\x83\x03"),
+    (_pdu(3, 0, 2, tail=b"\x00"), b"\x83\x03"),  # a byte more than FC3 has
+    (_pdu(3, 0), b"\x83\x03"),  # no quantity at all
+    (_pdu(4, 0, 0), b"\x84\x03"),
+    (_pdu(4, 0, 126), b"\x84\x03"),
+    (_pdu(1, 0, 0), b"\x81\x03"),
+    (_pdu(1, 0, 2001), b"\x81\x03"),
+    (_pdu(2, 0, 0), b"\x82\x03"),
+    (_pdu(2, 0, 2001), b"\x82\x03"),
+    (_pdu(5, 0, 0x1234), b"\x85\x03"),  # a coil is 0x0000 or 0xFF00
+    (_pdu(6, 0, tail=b"\x01"), b"\x86\x03"),  # half a register value
+    (_pdu(15, 0, 0, tail=b"\x00"), b"\x8f\x03"),
+    (_pdu(15, 0, 1969, tail=b"\xf7" + b"\x00" * 247), b"\x8f\x03"),
+    (_pdu(15, 0, 9, tail=b"\x01\x00"), b"\x8f\x03"),  # 9 bits take 2 bytes, not 1
+    (_pdu(16, 0, 0, tail=b"\x00"), b"\x90\x03"),
+    (_pdu(16, 0, 124, tail=b"\xf8" + b"\x00" * 248), b"\x90\x03"),
+    (_pdu(16, 0, 2, tail=b"\x03\x00\x01\x00"), b"\x90\x03"),  # byte count is not 2 x 2
+    (_pdu(16, 0, 2, tail=b"\x04\x00\x01"), b"\x90\x03"),  # fewer bytes than it says
+    (_pdu(23, 0, 0, 0, 1, tail=b"\x02\x00\x01"), b"\x97\x03"),
+    (_pdu(23, 0, 1, 0, 122, tail=b"\xf4" + b"\x00" * 244), b"\x97\x03"),
+    (_pdu(0x41, 0, 1), b"\xc1\x01"),  # a function code this server does not implement
+    # Serial line only (pymodbus would answer them, FC17 naming itself), no files, no FIFO.
+    (bytes([8, 0, 0, 0x12, 0x34]), b"\x88\x01"),
+    (bytes([17]), b"\x91\x01"),
+    (bytes([20, 7, 6, 0, 1, 0, 0, 0, 1]), b"\x94\x01"),
+    (_pdu(24, 0), b"\x98\x01"),
+    (bytes([0x2B, 0x0D, 0x00, 0x00]), b"\xab\x01"),  # MEI 13 (CANopen) is not offered
+    (bytes([0x2B, 0x0E, 0x05, 0x00]), b"\xab\x03"),  # Read Device ID code 5 does not exist
+    (bytes([0x2B, 0x0E, 0x01]), b"\xab\x03"),  # no object id
+    (bytes([0x2B]), b"\xab\x03"),  # no MEI type
+    (bytes([0x2B, 0x0E, 0x04, 0x03]), b"\xab\x02"),  # individual access to an absent object
+]
+
+
+async def test_malformed_requests_get_the_standards_exception_codes(settings: Settings) -> None:
+    s = modbus_settings(settings, False)
+    points = {p.name: p for p in build_points(s)}
+    running = points["system.running"]
+    inputs = 2 * sum(not p.writable for p in points.values())
+
+    def session() -> list[tuple[bytes, bytes]]:
+        raw = RawModbus(s.scada.modbus_port)
+        try:
+            got = [(request, raw.ask(request)) for request, _want in BAD_REQUESTS]
+            # The largest legal quantities pass the checks and meet the table's end (02).
+            assert inputs < 125
+            got.append((_pdu(4, 0, 125), raw.ask(_pdu(4, 0, 125))))
+            # The connection is still served after all of it.
+            ok = raw.ask(_pdu(4, running.modbus_address, 2))
+            return [*got, (b"read", ok)]
+        finally:
+            raw.close()
+
+    async with running_app(s) as (_components, _client):
+        answers = await asyncio.to_thread(session)
+    want = [*BAD_REQUESTS, (_pdu(4, 0, 125), b"\x84\x02")]
+    assert answers[:-1] == want
+    assert answers[-1][1][:2] == b"\x04\x04"  # FC4, four bytes of registers follow
+
+
+def pymodbustcp(port: int, unit: int) -> Any:
+    from pyModbusTCP.client import ModbusClient
+
+    return ModbusClient("127.0.0.1", port, unit_id=unit, timeout=10)
+
+
+@pytest.mark.parametrize("extra", [None, []], ids=["default", "none"])
+async def test_unit_ids_0_and_255_address_this_device(
+    settings: Settings, extra: list[int] | None
+) -> None:
+    s = modbus_settings(settings, False)
+    if extra is not None:
+        scada = msgspec.structs.replace(s.scada, modbus_extra_unit_ids=extra)
+        s = msgspec.structs.replace(s, scada=scada)
+    running = {p.name: p for p in build_points(s)}["system.running"]
+
+    def read_as(unit: int) -> list[int] | int:
+        client = pymodbustcp(s.scada.modbus_port, unit)
+        try:
+            regs = client.read_input_registers(running.modbus_address, 2)
+            return regs if regs is not None else client.last_except
+        finally:
+            client.close()
+
+    async def running_read() -> bool:
+        return await asyncio.to_thread(read_as, DEVICE) == [1, 0]
+
+    async with running_app(s) as (components, _client):
+        await until(running_read, "system.running = 1")
+        answers = {unit: await asyncio.to_thread(read_as, unit) for unit in (0, 255, 4, 254)}
+        unit_ids = components.scada.status()["servers"]["modbus"]["unit_ids"]
+    if extra is None:
+        assert answers[0] == answers[255] == [1, 0]
+        assert unit_ids == [0, DEVICE, 255]
+    else:
+        assert answers[0] == answers[255] == 0x0B
+        assert unit_ids == [DEVICE]
+    assert answers[4] == answers[254] == 0x0B  # GATEWAY TARGET DEVICE FAILED TO RESPOND
+
+
+async def test_read_device_identification(settings: Settings) -> None:
+    from factory_mas import __version__
+
+    s = modbus_settings(settings, False)
+    basic = {0: b"factory_mas project", 1: b"factory_mas", 2: __version__.encode()}
+    regular = {**basic, 4: b"factory_mas smart-factory monitoring backend",
+               5: b"SCADA bridge (Modbus TCP)"}  # fmt: skip
+
+    def identify(read_code: int, object_id: int = 0, unit: int = DEVICE) -> Any:
+        client = pymodbustcp(s.scada.modbus_port, unit)
+        try:
+            answer = client.read_device_identification(read_code, object_id)
+            if answer is None:
+                return client.last_except
+            return (answer.conformity_level, answer.more_follows, answer.next_object_id,
+                    answer.objects_by_id)  # fmt: skip
+        finally:
+            client.close()
+
+    asks = [(1,), (2,), (3,), (2, 4), (1, 0x40), (4, 2), (4, 5), (4, 3), (4, 0x80), (1, 0, 255)]
+    async with running_app(s):
+        got = {args: await asyncio.to_thread(identify, *args) for args in asks}
+    assert got[(1,)] == (0x82, 0, 0, basic)  # stream access, basic objects
+    assert got[(2,)] == got[(3,)] == (0x82, 0, 0, regular)  # no extended objects exist
+    assert got[(2, 4)] == (0x82, 0, 0, {4: regular[4], 5: regular[5]})  # from object 4 on
+    assert got[(1, 0x40)] == got[(1,)]  # an unknown first object starts the stream over
+    assert got[(4, 2)] == (0x82, 0, 0, {2: basic[2]})  # individual access
+    assert got[(4, 5)] == (0x82, 0, 0, {5: regular[5]})
+    assert got[(4, 3)] == got[(4, 0x80)] == 2  # ILLEGAL DATA ADDRESS: no such object
+    assert got[(1, 0, 255)] == got[(1,)]

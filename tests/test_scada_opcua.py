@@ -1,4 +1,6 @@
-"""The OPC UA server against a real asyncua Client, inside the whole running app."""
+"""The OPC UA server against a real asyncua Client, inside the whole running app, and
+against python-opcua (FreeOpcUa's older synchronous stack, in a thread) where an
+independent client settles what the server says about itself."""
 
 from __future__ import annotations
 
@@ -6,16 +8,21 @@ import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from opcua import ua as sync_ua
 
+from factory_mas import __version__
+from factory_mas.bridges.scada.identity import build_date
 from factory_mas.bridges.scada.opcua import CERT_FILE, KEY_FILE, ensure_certificate
-from factory_mas.bridges.scada.points import NAMESPACE
+from factory_mas.bridges.scada.points import NAMESPACE, build_points
 from factory_mas.settings import Settings
 
 from .conftest import add_key, free_port, record, running_app, with_scada
+from .test_scada_security import opcua_session, opcua_write
 
 GROUPS = {"SystemStatus", "PredictiveMaintenance", "EnergyOptimization", "CyberSecurity",
           "WorkplaceSafety", "PPECompliance", "Machines"}  # fmt: skip
@@ -188,6 +195,8 @@ async def test_bad_writes_are_refused_and_audited(settings: Settings) -> None:
             (critical, ua.Variant(-5.0, ua.VariantType.Double), ua.uaerrors.BadOutOfRange),
             (critical, ua.Variant("abc", ua.VariantType.String), ua.uaerrors.BadTypeMismatch),
             (critical, ua.Variant(True, ua.VariantType.Boolean), ua.uaerrors.BadTypeMismatch),
+            # In range, but an Int32 is no Double.
+            (critical, ua.Variant(30, ua.VariantType.Int32), ua.uaerrors.BadTypeMismatch),
             # In range for the point, but not below rul_warning_hours: the settings refuse.
             (critical, ua.Variant(100.0, ua.VariantType.Double), ua.uaerrors.BadInvalidArgument),
             (alarms, ua.Variant(5, ua.VariantType.Int32), ua.uaerrors.BadNotWritable),
@@ -209,7 +218,7 @@ async def test_bad_writes_are_refused_and_audited(settings: Settings) -> None:
                    for ch in refused)  # fmt: skip
         status = (await http.get("/api/pm/status")).json()
         assert status["settings"]["rul_critical_hours"] == s.agents.pm.rul_critical_hours
-        assert c.scada.status()["servers"]["opcua"]["writes"] == {"accepted": 0, "refused": 5}
+        assert c.scada.status()["servers"]["opcua"]["writes"] == {"accepted": 0, "refused": 6}
 
 
 async def test_port_in_use_keeps_the_app_running(settings: Settings) -> None:
@@ -273,3 +282,115 @@ async def test_basic256sha256_sign_and_encrypt(settings: Settings, tmp_path: Pat
     async with running_app(s) as (c, _http):
         assert c.scada.status()["servers"]["opcua"]["listening"]
         assert cert_file.read_bytes() == first
+
+
+# -- what an independent client sees ---------------------------------------------------
+
+
+async def test_build_info_names_factory_mas(settings: Settings) -> None:
+    s = opcua_settings(settings)
+    fields = ("ProductUri", "ManufacturerName", "ProductName", "SoftwareVersion", "BuildNumber",
+              "BuildDate")  # fmt: skip
+
+    def read(client: Any, _idx: int) -> tuple[Any, dict[str, Any], Any]:
+        info = client.get_node(sync_ua.ObjectIds.Server_ServerStatus_BuildInfo).get_value()
+        each = {
+            f: client.get_node(
+                getattr(sync_ua.ObjectIds, f"Server_ServerStatus_BuildInfo_{f}")
+            ).get_value()
+            for f in fields
+        }
+        status = client.get_node(sync_ua.ObjectIds.Server_ServerStatus).get_value()
+        return info, each, status.BuildInfo
+
+    async with running_app(s):
+        info, each, in_status = await asyncio.to_thread(opcua_session, s, None, read)
+    want = {
+        "ProductUri": NAMESPACE,
+        "ManufacturerName": "factory_mas project",
+        "ProductName": "factory_mas smart-factory monitoring backend",
+        "SoftwareVersion": __version__,
+        "BuildNumber": __version__,
+        "BuildDate": build_date().replace(tzinfo=None),  # UTC, as OPC UA DateTimes are
+    }
+    # The structure, its six variables and ServerStatus's copy all agree.
+    for got in (info, in_status):
+        assert {f: getattr(got, f) for f in fields} == want
+    assert each == want
+
+
+async def test_double_points_are_analog_items_with_range_and_units(settings: Settings) -> None:
+    s = opcua_settings(settings)
+    table = build_points(s)
+
+    def read(client: Any, idx: int) -> dict[str, tuple[int, dict[str, Any]]]:
+        out = {}
+        for point in table:
+            n = client.get_node(sync_ua.NodeId(point.name, idx))
+            props = {p.get_browse_name().to_string(): p.get_value() for p in n.get_properties()}
+            out[point.name] = (n.get_type_definition().Identifier, props)
+        return out
+
+    async with running_app(s):
+        seen = await asyncio.to_thread(opcua_session, s, None, read)
+    unit_ids = {"%": "P1", "h": "HUR", "kW": "KWT"}
+    eu_range, units = "0:EURange", "0:EngineeringUnits"
+    for point in table:
+        type_definition, props = seen[point.name]
+        if point.type != "Float":
+            assert type_definition == sync_ua.ObjectIds.BaseDataVariableType, point.name
+            continue
+        assert type_definition == sync_ua.ObjectIds.AnalogItemType, point.name
+        # AnalogItemType's EURange is mandatory: every Double point has one.
+        assert point.eu_range is not None
+        assert (props[eu_range].Low, props[eu_range].High) == point.eu_range, point.name
+        if not point.unit:
+            assert units not in props, point.name
+            continue
+        eu = props[units]
+        assert eu.NamespaceUri == "http://www.opcfoundation.org/UA/units/un/cefact"
+        assert eu.UnitId == int.from_bytes(unit_ids[point.unit].encode(), "big"), point.name
+        assert eu.DisplayName.Text == point.unit
+    by_name = {p.name: seen[p.name][1] for p in table}
+    assert (by_name["machine_1.power_kw"][eu_range].High, by_name["pm_agent.worst_rul_hours"][
+        eu_range].High) == (10.0, 400.0)  # fmt: skip
+
+
+async def test_writes_of_another_type_or_to_no_node_are_refused(settings: Settings) -> None:
+    s = opcua_settings(settings, writes_enabled=True)
+    admin = await add_key(s, "scada-admin", "admin")
+    double, int32, int64 = (sync_ua.VariantType.Double, sync_ua.VariantType.Int32,
+                            sync_ua.VariantType.Int64)  # fmt: skip
+
+    def write_to(node: str | int) -> str:
+        """Write a Double to `node`: a string id in our namespace, a number in OPC UA's."""
+
+        def work(client: Any, idx: int) -> str:
+            node_id = sync_ua.NodeId(node, idx if isinstance(node, str) else 0)
+            try:
+                client.get_node(node_id).set_value(sync_ua.DataValue(sync_ua.Variant(1.0, double)))
+            except sync_ua.UaStatusCodeError as exc:
+                return sync_ua.StatusCode(exc.code).name
+            return "Good"
+
+        return opcua_session(s, admin, work)
+
+    critical, ack = "pm_agent.rul_critical_hours", "system.acknowledge_alarm"
+    async with running_app(s) as (_c, http):
+        writes = [(critical, 30, int32), (critical, 30, int64), (ack, 1.0, double),
+                  (critical, 30.0, double)]  # fmt: skip
+        got = {w: await asyncio.to_thread(opcua_write, s, admin, *w) for w in writes}
+        unknown = [await asyncio.to_thread(write_to, n) for n in ("pm_agent.nothing", 987654)]
+        changes = (await http.get("/api/config/changes")).json()["changes"]
+    assert got == {
+        (critical, 30, int32): "BadTypeMismatch",
+        (critical, 30, int64): "BadTypeMismatch",
+        (ack, 1.0, double): "BadTypeMismatch",
+        (critical, 30.0, double): "Good",
+    }
+    assert unknown == ["BadNodeIdUnknown", "BadNodeIdUnknown"]
+    refused = [ch for ch in changes if ch["origin"].startswith("scada:opcua ")
+               and not ch["accepted"]]  # fmt: skip
+    assert len(refused) == 3
+    assert {ch["result"]["code"] for ch in refused} == {"wrong_type"}
+    assert any("got Int32 30" in ch["result"]["error"] for ch in refused)

@@ -57,6 +57,23 @@ def test_setting_points_carry_the_settings_own_ranges(settings):
     assert (runs.lo, runs.type) == (1, "Int32")
 
 
+def test_every_float_point_has_a_normal_range(settings):
+    """OPC UA's AnalogItemType (every Double point) must carry an EURange."""
+    points = {p.name: p for p in build_points(settings)}
+    for point in points.values():
+        if point.type == "Float":
+            assert point.eu_range is not None, point.name
+            assert point.eu_range[0] < point.eu_range[1], point.name
+    assert points["machine_1.rul_hours"].eu_range == (0.0, 400.0)  # the RUL model's cap
+    assert points["machine_1.failure_probability"].eu_range == (0.0, 100.0)
+    # A setting's display range does not widen or narrow what may be written.
+    critical = points["pm_agent.rul_critical_hours"]
+    assert critical.eu_range == (0.0, 400.0) and (critical.lo, critical.hi) == (0, None)
+    assert points["pm_agent.failure_probability_emergency"].eu_range == (0, 1)
+    assert points["pm_agent.level"].eu_range == (0, 4)
+    assert points["system.running"].eu_range is None
+
+
 def test_points_command_prints_a_table_and_csv():
     table = subprocess.run(
         [sys.executable, "-m", "factory_mas", "points"],

@@ -247,11 +247,21 @@ class Writes:
         )
 
     async def write(
-        self, name: str, raw: Any, origin: str, *, peer: str, role: Role, by: str = ""
+        self,
+        name: str,
+        raw: Any,
+        origin: str,
+        *,
+        peer: str,
+        role: Role,
+        by: str = "",
+        typed_as: str | None = None,
     ) -> WriteResult:
         """Check and apply one write from a control system at `peer` acting with `role`;
         every attempt is audited, with origin "<origin> <peer>". With scada.writes_enabled
-        off every write is refused as read_only."""
+        off every write is refused as read_only. `typed_as` is the type the protocol says
+        the value has (OPC UA's variant type, as a point type where it is one): any other
+        than the point's is wrong_type, where Modbus and DNP3 values are taken as numbers."""
         where = f"{origin} {peer}" if peer else origin
         by = by or where
         point = self.points.get(name)
@@ -264,6 +274,10 @@ class Writes:
         elif not role_allows(role, need := role_for_point(point)):
             result = WriteResult(
                 False, "forbidden", f"{point.name} needs role {need}; {by} is {role}"
+            )
+        elif typed_as is not None and typed_as != point.type:
+            result = WriteResult(
+                False, "wrong_type", f"{point.name} takes a {point.type}, got {typed_as} {raw!r}"
             )
         else:
             result = await self._apply(point, raw, where, by)

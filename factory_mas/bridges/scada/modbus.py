@@ -26,6 +26,22 @@ everyone else. The hook can refuse a request with a Modbus exception code:
 
 A write of several points (FC16) applies them in address order and stops at the first one
 refused; the ones before it stay applied.
+
+Requests are checked as the Modbus Application Protocol (1.1b3, section 6) orders it before
+any register is touched: a function code this server does not implement is answered 01
+ILLEGAL FUNCTION, and a quantity, byte count or length its function does not allow (FC1/FC2
+1..2000 bits, FC3/FC4 1..125 registers, FC5 0x0000 or 0xFF00, FC15 1..1968 bits, FC16
+1..123 registers, FC23 1..125 read and 1..121 written) 03 ILLEGAL DATA VALUE, each with the
+request's function code and its high bit set (pymodbus answers a request it cannot decode
+`80 01`, which no master can place).
+
+Unit ids: `modbus_device_id` and `modbus_extra_unit_ids` (by default 0 and 255, the ids the
+Modbus/TCP implementation guide has a client use for a device on its own IP) are answered,
+as the same device; other ids get 0x0B GATEWAY TARGET DEVICE FAILED TO RESPOND.
+
+FC43 / MEI 14 Read Device Identification answers basic and regular objects (conformity
+0x82: stream and individual access): 0x00 vendor, 0x01 product code, 0x02 version, 0x04
+product name, 0x05 model name, from `identity`.
 """
 
 from __future__ import annotations
@@ -40,10 +56,12 @@ from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ...limits import ClientAllowList
+from . import identity
 from .live import Value, peer_text
 from .points import Point
 
@@ -71,6 +89,90 @@ _CODES = {
 }
 
 
+READ_DEVICE_IDENTIFICATION, MEI_DEVICE_IDENTIFICATION = 0x2B, 0x0E
+# The function codes served; pymodbus knows more, none of which belongs here: 07, 08, 11, 12
+# and 17 are serial line only (Modbus Application Protocol 1.1b3, 5.1; pymodbus's 17 names
+# pymodbus), and this device has no file records (20, 21) nor FIFO queue (24), which
+# pymodbus answers with made-up data.
+FUNCTIONS = {1, 2, 3, 4, 5, 6, 15, 16, 22, 23, READ_DEVICE_IDENTIFICATION}
+# Object id -> value, basic (0x00-0x02) and regular (0x03-0x7F) objects.
+DEVICE_OBJECTS = {
+    0x00: identity.VENDOR,
+    0x01: identity.PRODUCT_CODE,
+    0x02: identity.VERSION,
+    0x04: identity.PRODUCT_NAME,
+    0x05: "SCADA bridge (Modbus TCP)",
+}
+CONFORMITY = 0x82  # regular identification, stream and individual access
+# Read Device ID code -> the highest object id its stream reaches; 4 is individual access.
+STREAM_END = {1: 0x02, 2: 0x7F, 3: 0xFF}
+INDIVIDUAL = 4
+MAX_PDU = 253  # bytes, function code included (Modbus Application Protocol 4.1)
+
+
+def illegal_value(function_code: int, data: bytes) -> bool:
+    """Whether a request's quantity, byte count or length (`data` is the PDU after the
+    function code) is one its function does not allow: answered 03 ILLEGAL DATA VALUE."""
+    n = len(data)
+
+    def word(at: int) -> int:
+        return int.from_bytes(data[at : at + 2], "big")
+
+    if function_code in (1, 2, 3, 4):
+        most = 2000 if function_code in (1, 2) else 125
+        return n != 4 or not 1 <= word(2) <= most
+    if function_code == 5:
+        return n != 4 or word(2) not in (0x0000, 0xFF00)
+    if function_code == 6:
+        return n != 4
+    if function_code in (15, 16):
+        if n < 5:
+            return True
+        count, byte_count = word(2), data[4]
+        most, need = (1968, (count + 7) // 8) if function_code == 15 else (123, 2 * count)
+        return not 1 <= count <= most or byte_count != need or n != 5 + byte_count
+    if function_code == 22:
+        return n != 6
+    if function_code == 23:
+        if n < 9:
+            return True
+        written, byte_count = word(6), data[8]
+        return (
+            not 1 <= word(2) <= 125
+            or not 1 <= written <= 121
+            or byte_count != 2 * written
+            or n != 9 + byte_count
+        )
+    if function_code == READ_DEVICE_IDENTIFICATION:  # MEI type, Read Device ID code, object id
+        return n != 3 or not 1 <= data[1] <= INDIVIDUAL
+    return False
+
+
+def device_identification(read_code: int, object_id: int) -> bytes | None:
+    """The MEI 14 answer after the function code, or None when individual access asks for
+    an object there is none of (02 ILLEGAL DATA ADDRESS). A stream starting at an object
+    it does not hold starts over at object 0, as the standard says; one that does not fit
+    in a PDU says "more follows" and where to go on."""
+    if read_code == INDIVIDUAL:
+        if object_id not in DEVICE_OBJECTS:
+            return None
+        ids = [object_id]
+    else:
+        end = STREAM_END[read_code]
+        if object_id not in DEVICE_OBJECTS or object_id > end:
+            object_id = 0
+        ids = [i for i in sorted(DEVICE_OBJECTS) if object_id <= i <= end]
+    objects, sent, more, next_id = b"", 0, 0x00, 0x00
+    for i in ids:
+        item = bytes([i, len(value := DEVICE_OBJECTS[i].encode())]) + value
+        if 7 + len(objects) + len(item) > MAX_PDU:
+            more, next_id = 0xFF, i
+            break
+        objects, sent = objects + item, sent + 1
+    head = bytes([MEI_DEVICE_IDENTIFICATION, read_code, CONFORMITY, more, next_id, sent])
+    return head + objects
+
+
 def encode(point: Point, value: Value, float32: bool) -> list[int]:
     """A point's value as its two registers."""
     if float32:
@@ -91,15 +193,16 @@ def decode(point: Point, registers: list[int], float32: bool) -> int | float:
 
 
 class _OneDevice:
-    """pymodbus's SimCore for our one device, refusing other ids the way pymodbus's request
-    handler understands (exception 0x0B GATEWAY TARGET NO RESPONSE), where SimCore itself
-    fails with a KeyError (answered 0x04 with a logged traceback). Device id 0 takes all."""
+    """pymodbus's SimCore for our one device, answering each of `unit_ids` as that device
+    and refusing other ids the way pymodbus's request handler understands (exception 0x0B
+    GATEWAY TARGET NO RESPONSE), where SimCore itself fails with a KeyError (answered 0x04
+    with a logged traceback). Device id 0 takes all."""
 
-    def __init__(self, core: Any, device_id: int) -> None:
-        self.core, self.device_id = core, device_id
+    def __init__(self, core: Any, device_id: int, unit_ids: set[int]) -> None:
+        self.core, self.device_id, self.unit_ids = core, device_id, unit_ids
 
-    def _check(self, device_id: int) -> None:
-        if self.device_id and device_id != self.device_id:
+    def check(self, device_id: int) -> None:
+        if self.device_id and device_id not in self.unit_ids:
             raise NoSuchIdException(f"device id {device_id}; this server is {self.device_id}")
 
     def device_ids(self) -> list[int]:
@@ -107,13 +210,65 @@ class _OneDevice:
 
     async def async_getValues(self, device_id: int, func_code: int, address: int,
                               count: int = 1) -> Any:  # fmt: skip
-        self._check(device_id)
-        return await self.core.async_getValues(device_id, func_code, address, count)
+        self.check(device_id)
+        return await self.core.async_getValues(self.device_id, func_code, address, count)
 
     async def async_setValues(self, device_id: int, func_code: int, address: int,
                               values: list[int] | list[bool]) -> Any:  # fmt: skip
-        self._check(device_id)
-        return await self.core.async_setValues(device_id, func_code, address, values)
+        self.check(device_id)
+        return await self.core.async_setValues(self.device_id, func_code, address, values)
+
+
+class _Answer(ModbusPDU):
+    """A request this module answers itself, before pymodbus's datastore: with an exception
+    `code`, or (`code` None) with `reply`'s bytes. The unit id is checked first, as for
+    every other request."""
+
+    def __init__(self, function_code: int, code: ExcCodes | None, reply: bytes = b"") -> None:
+        super().__init__()
+        self.function_code, self.code, self.reply = function_code, code, reply
+
+    async def datastore_update(self, context: Any, device_id: int) -> ModbusPDU:
+        if isinstance(context, _OneDevice):
+            context.check(device_id)
+        if self.code is not None:
+            return ExceptionResponse(self.function_code, self.code)
+        return _Reply(self.function_code, self.reply)
+
+
+class _Reply(ModbusPDU):
+    def __init__(self, function_code: int, data: bytes) -> None:
+        super().__init__()
+        self.function_code, self.data = function_code, data
+
+    def encode(self) -> bytes:
+        return self.data
+
+
+class _Requests(DecodePDU):
+    """pymodbus's request decoder, with the checks of the module doc before it and Read
+    Device Identification answered here (pymodbus's keeps one identity per process and
+    claims extended conformity)."""
+
+    def __init__(self) -> None:
+        super().__init__(is_server=True)
+
+    def decode(self, frame: bytes) -> ModbusPDU | None:
+        function_code, data = frame[0], frame[1:]
+        if function_code not in FUNCTIONS:
+            return _Answer(function_code, ExcCodes.ILLEGAL_FUNCTION)
+        mei = data[0] if data else MEI_DEVICE_IDENTIFICATION  # none: 03, as for FC43's length
+        if function_code == READ_DEVICE_IDENTIFICATION and mei != MEI_DEVICE_IDENTIFICATION:
+            return _Answer(function_code, ExcCodes.ILLEGAL_FUNCTION)  # MEI 13 (CANopen), ...
+        if illegal_value(function_code, data):
+            return _Answer(function_code, ExcCodes.ILLEGAL_VALUE)
+        if function_code == READ_DEVICE_IDENTIFICATION:
+            reply = device_identification(data[1], data[2])
+            if reply is None:
+                return _Answer(function_code, ExcCodes.ILLEGAL_ADDRESS)
+            return _Answer(function_code, None, reply)
+        pdu = super().decode(frame)
+        return pdu if pdu is not None else _Answer(function_code, ExcCodes.ILLEGAL_VALUE)
 
 
 class ModbusServer:
@@ -123,6 +278,7 @@ class ModbusServer:
         self.bridge = bridge
         s = bridge.settings
         self.host, self.port, self.device_id = s.host, s.modbus_port, s.modbus_device_id
+        self.unit_ids = {s.modbus_device_id, *s.modbus_extra_unit_ids}
         self.float32 = s.modbus_float32
         self.points = {
             t: {p.modbus_address: p for p in bridge.points if p.modbus_table == t}
@@ -163,7 +319,8 @@ class ModbusServer:
             self.error = f"cannot start: {exc}"
             log.error("modbus: %s", self.error)
             return self
-        server.context = _OneDevice(server.context, self.device_id)  # type: ignore[assignment]
+        server.context = _OneDevice(server.context, self.device_id, self.unit_ids)  # type: ignore[assignment]
+        server.decoder = _Requests()  # each connection's framer is made with it
         create = server.call_create
 
         async def create_and_remember_why() -> Any:
@@ -243,6 +400,7 @@ class ModbusServer:
             "host": self.host,
             "port": self.port,
             "device_id": self.device_id,
+            "unit_ids": sorted(self.unit_ids),
             "float32": self.float32,
             "error": self.error,
             "writes": {"accepted": self.counts["accepted"], "refused": self.counts["refused"]},

@@ -4,9 +4,11 @@ subscribe to and (where writable) write.
 Layout: namespace http://6g-mas-factory.com, Objects/MultiAgentSystem/<group>/<browse name>,
 one folder per point group (SystemStatus, PredictiveMaintenance, ..., Machines). A point's
 NodeId is its table name (`ns=<idx>;s=pm_agent.rul_critical_hours`), its data type Boolean,
-Int32 or Double, and it carries the standard EngineeringUnits (UNECE code) and EURange
-properties where the table has a unit and a range. Values get the time they were computed
-as SourceTimestamp.
+Int32 or Double. Double points are AnalogItemType variables (Part 8) with their EURange and,
+where the table has a unit, EngineeringUnits (UNECE code); Int32 points with a range carry
+EURange too. Values get the time they were computed as SourceTimestamp.
+Server_ServerStatus_BuildInfo names factory_mas (vendor, product, version) as `identity`
+says, not the library.
 
 Users are API keys: a client logs in with a user name of its choice (only logged; the
 key's own name is what the audit trail records, as over HTTP) and an API key as password,
@@ -20,9 +22,11 @@ role.
 Client writes do not go to asyncua's address space: the server's AttributeService is
 replaced by one that sends a write to a point's Value through `Writes.write` (the checks,
 roles and audit trail every other way in uses, with the session's peer address) and
-answers Good only when it was accepted. A point advertises CurrentWrite in AccessLevel only
-when it is writable and scada.writes_enabled is on, and in UserAccessLevel only when the
-session's role may also write it; a write to any other point still reaches
+answers Good only when it was accepted. A value whose variant type is not the point's data
+type is refused (BadTypeMismatch): an Int32 is not silently made a Double. A write to a
+node that does not exist gets BadNodeIdUnknown. A point advertises CurrentWrite in
+AccessLevel only when it is writable and scada.writes_enabled is on, and in UserAccessLevel
+only when the session's role may also write it; a write to any other point still reaches
 `Writes.write`, so the refusal (BadNotWritable, BadUserAccessDenied) is audited like any
 other. Writes to anything else (folders, properties, the standard nodes) keep asyncua's
 own access rules, under which no client session is asyncua's Admin.
@@ -58,6 +62,7 @@ from ...auth.keys import Principal, Role
 from ...auth.middleware import CACHE_S
 from ...errors import StoreError
 from ...tasks import cancel
+from . import identity
 from .live import peer_text
 from .points import NAMESPACE, Point
 
@@ -73,6 +78,8 @@ ROOT_FOLDER = "MultiAgentSystem"
 VARIANT = {"Boolean": ua.VariantType.Boolean, "Int32": ua.VariantType.Int32,
            "Float": ua.VariantType.Double}  # fmt: skip
 PYTHON = {"Boolean": bool, "Int32": int, "Float": float}
+# A written variant type as the table names types, for the type check in `Writes`.
+TYPED_AS = {vt: name for name, vt in VARIANT.items()}
 # UNECE Recommendation 20 codes, as OPC UA Part 8 wants them in EUInformation.
 UNITS = {"%": ("P1", "percent"), "h": ("HUR", "hour"), "kW": ("KWT", "kilowatt")}
 UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
@@ -236,7 +243,10 @@ class _PointWrites(AttributeService):
         results: list[ua.StatusCode] = []
         for item in params.NodesToWrite:
             point = self.owner.by_node.get(item.NodeId)
-            if point is None or item.AttributeId != ua.AttributeIds.Value:
+            if point is None and item.NodeId not in self._aspace:
+                # asyncua checks a client's access level first and calls it denied.
+                results.append(ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))
+            elif point is None or item.AttributeId != ua.AttributeIds.Value:
                 single = ua.WriteParameters(NodesToWrite=[item])
                 results += await super().write(single, user=user)
             else:
@@ -325,12 +335,21 @@ class OpcUaServer:
     async def _build(self) -> Server:
         server = Server(user_manager=self.users)
         await server.init()
+        # init() has written asyncua's own BuildInfo (FreeOpcUa, "1.0pre").
+        version = identity.VERSION  # also the build number: releases carry no other
+        await server.set_build_info(
+            NAMESPACE,
+            identity.VENDOR,
+            identity.PRODUCT_NAME,
+            version,
+            version,
+            identity.build_date(),
+        )
         server.set_identity_tokens([ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
         server.set_endpoint(self.endpoint)
         server.set_server_name("factory_mas OPC UA server")
         await server.set_application_uri(APPLICATION_URI)
         server.product_uri = NAMESPACE
-        server.manufacturer_name = "6G MAS Factory"
         if self.security == "Basic256Sha256":
             cert, key = await ensure_certificate(self.data_dir / "scada")
             await server.load_certificate(str(cert))
@@ -376,6 +395,12 @@ class OpcUaServer:
             ua.AttributeIds.Description,
             ua.DataValue(ua.Variant(ua.LocalizedText(point.description))),
         )
+        if point.type == "Float":
+            definition = ua.ObjectIds.HasTypeDefinition
+            await var.delete_reference(
+                ua.ObjectIds.BaseDataVariableType, definition, bidirectional=False
+            )
+            await var.add_reference(ua.ObjectIds.AnalogItemType, definition, bidirectional=False)
         if point.unit:
             await var.add_property(
                 ua.NodeId(f"{point.name}.EngineeringUnits", idx),
@@ -383,11 +408,12 @@ class OpcUaServer:
                 eu_information(point.unit),
                 datatype=ua.ObjectIds.EUInformation,
             )
-        if point.lo is not None and point.hi is not None and point.type != "Boolean":
+        if point.eu_range is not None:
+            low, high = point.eu_range
             await var.add_property(
                 ua.NodeId(f"{point.name}.EURange", idx),
                 ua.QualifiedName("EURange", 0),
-                ua.Range(Low=float(point.lo), High=float(point.hi)),
+                ua.Range(Low=float(low), High=float(high)),
                 datatype=ua.ObjectIds.Range,
             )
         if point.writable and self.settings.writes_enabled:
@@ -440,11 +466,15 @@ class OpcUaServer:
             return ua.StatusCode(ua.StatusCodes.BadIndexRangeInvalid)
         dv = item.Value
         bad = dv is None or (dv.StatusCode is not None and not dv.StatusCode.is_good())
-        raw = None if bad or dv.Value is None else dv.Value.Value
+        variant = None if bad else dv.Value
+        raw, typed_as = None, None
+        if variant is not None:
+            raw, vt = variant.Value, variant.VariantType
+            typed_as = TYPED_AS.get(vt, vt.name)
         role, name, peer = caller
         try:
             result = await self.bridge.writes.write(
-                point.name, raw, "scada:opcua", peer=peer, role=role, by=name
+                point.name, raw, "scada:opcua", peer=peer, role=role, by=name, typed_as=typed_as
             )
         except Exception:
             log.exception("opcua: writing %s failed", point.name)

@@ -20,9 +20,11 @@ from typing import Literal
 
 from msgspec import Struct
 
+from ...agents.pm.model import RUL_CAP_HOURS
 from ...settings import LEVELS, Settings
 
 PointType = Literal["Boolean", "Int32", "Float"]
+Range = tuple[float, float]  # low, high
 LEVEL_CODES = {level: code for code, level in enumerate(LEVELS)}
 THREAT_CODES = {"LOW": 0, "MEDIUM": 1, "HIGH": 2, "CRITICAL": 3}
 NAMESPACE = "http://6g-mas-factory.com"
@@ -38,6 +40,11 @@ GROUPS = {
     "machines": "Machines",
 }
 _LEVEL_NOTE = "0 NORMAL, 1 CAUTION, 2 WARNING, 3 CRITICAL, 4 EMERGENCY"
+# Normal ranges: percentages are whole; the RUL model answers up to its cap; a machine of
+# the dataset draws up to 10 kW.
+PERCENT: Range = (0.0, 100.0)
+RUL_RANGE: Range = (0.0, RUL_CAP_HOURS)
+MACHINE_KW_MAX = 10.0
 
 
 class Point(Struct, frozen=True, kw_only=True):
@@ -52,6 +59,10 @@ class Point(Struct, frozen=True, kw_only=True):
     writable: bool = False
     lo: float | None = None  # the valid range, for writes (and documentation)
     hi: float | None = None
+    # The range of normal operation where it is not lo..hi (a measurement has no write
+    # range, some settings no top): OPC UA's EURange, which HMIs scale bar graphs to and
+    # percent deadbands are taken of, so every Float point has one.
+    normal_range: Range | None = None
     # What a write changes: "setting:<agent_id>:<key>", "enabled:<agent_id>" or
     # "command:ack_alarm". Empty for read-only points.
     target: str = ""
@@ -67,6 +78,14 @@ class Point(Struct, frozen=True, kw_only=True):
     def modbus_table(self) -> str:
         return "holding" if self.writable else "input"
 
+    @property
+    def eu_range(self) -> Range | None:
+        if self.normal_range is not None:
+            return self.normal_range
+        if self.lo is not None and self.hi is not None and self.type != "Boolean":
+            return (self.lo, self.hi)
+        return None
+
 
 def _p(name: str, group: str, leaf: str, description: str, type_: PointType, **kw) -> Point:
     return Point(name=name, group=GROUPS[group], browse_name=leaf, description=description,
@@ -74,7 +93,7 @@ def _p(name: str, group: str, leaf: str, description: str, type_: PointType, **k
 
 
 def _setting(agent_id: str, key: str, settings: Settings, description: str, unit: str = "",
-             scale: float = 1.0) -> Point:  # fmt: skip
+             scale: float = 1.0, normal_range: Range | None = None) -> Point:  # fmt: skip
     from msgspec import inspect as mi
 
     section = getattr(settings.agents, agent_id.removesuffix("_agent"))
@@ -85,7 +104,8 @@ def _setting(agent_id: str, key: str, settings: Settings, description: str, unit
     kind: PointType = "Int32" if isinstance(t, mi.IntType) else "Float"
     leaf = "".join(part.capitalize() for part in key.split("_"))
     return _p(f"{agent_id}.{key}", agent_id, leaf, description, kind, unit=unit, scale=scale,
-              writable=True, lo=lo, hi=hi, target=f"setting:{agent_id}:{key}")  # fmt: skip
+              writable=True, lo=lo, hi=hi, target=f"setting:{agent_id}:{key}",
+              normal_range=normal_range)  # fmt: skip
 
 
 def _agent_points(agent_id: str, settings: Settings) -> list[Point]:
@@ -104,17 +124,21 @@ def _agent_points(agent_id: str, settings: Settings) -> list[Point]:
             _p(f"{g}.worst_machine", g, "WorstMachine", "machine with the highest failure "
                "probability (0 = none yet)", "Int32"),
             _p(f"{g}.worst_failure_probability", g, "WorstFailureProbability", "its "
-               "probability of failing within 24 h", "Float", unit="%", scale=10),
+               "probability of failing within 24 h", "Float", unit="%", scale=10,
+               normal_range=PERCENT),
             _p(f"{g}.worst_rul_hours", g, "WorstRulHours", "shortest remaining useful life "
-               "over all machines", "Float", unit="h", scale=10),
+               "over all machines", "Float", unit="h", scale=10, normal_range=RUL_RANGE),
             _setting(g, "failure_probability_emergency", settings, "EMERGENCY from this "
                      "failure probability", scale=1000),
-            _setting(g, "rul_critical_hours", settings, "CRITICAL below this RUL", "h", 10),
-            _setting(g, "rul_warning_hours", settings, "WARNING below this RUL", "h", 10),
+            _setting(g, "rul_critical_hours", settings, "CRITICAL below this RUL", "h", 10,
+                     RUL_RANGE),
+            _setting(g, "rul_warning_hours", settings, "WARNING below this RUL", "h", 10,
+                     RUL_RANGE),
         ],
         "energy_agent": lambda: [
             _p(f"{g}.total_kw", g, "TotalPower", "sum of every machine's latest draw", "Float",
-               unit="kW", scale=10),
+               unit="kW", scale=10,
+               normal_range=(0.0, MACHINE_KW_MAX * settings.replay.machines)),
             _p(f"{g}.anomaly", g, "Anomaly", "some machine's latest reading is a power "
                "anomaly", "Boolean"),
             _p(f"{g}.anomalous_machines", g, "AnomalousMachines", "machines whose latest "
@@ -132,7 +156,7 @@ def _agent_points(agent_id: str, settings: Settings) -> list[Point]:
         ],
         "safety_agent": lambda: [
             _p(f"{g}.max_hazard_score", g, "MaxHazardScore", "highest hazard score over all "
-               "machines", "Float", unit="%", scale=10),
+               "machines", "Float", unit="%", scale=10, normal_range=PERCENT),
             _p(f"{g}.evacuation_required", g, "EvacuationRequired", "some machine calls for "
                "evacuation", "Boolean"),
             _setting(g, "hazard_score_warning", settings, "WARNING from this hazard score",
@@ -186,13 +210,13 @@ def _machine_points(machine_id: int) -> list[Point]:
         _p(f"{m}.level", g, f"{prefix}_Level", f"worst level of machine {machine_id} over "
            f"the agents: {_LEVEL_NOTE}", "Int32", lo=0, hi=4),
         _p(f"{m}.failure_probability", g, f"{prefix}_FailureProbability", "probability of "
-           "failing within 24 h", "Float", unit="%", scale=10),
+           "failing within 24 h", "Float", unit="%", scale=10, normal_range=PERCENT),
         _p(f"{m}.rul_hours", g, f"{prefix}_RulHours", "remaining useful life", "Float",
-           unit="h", scale=10),
+           unit="h", scale=10, normal_range=RUL_RANGE),
         _p(f"{m}.power_kw", g, f"{prefix}_Power", "latest power draw", "Float", unit="kW",
-           scale=100),
+           scale=100, normal_range=(0.0, MACHINE_KW_MAX)),
         _p(f"{m}.hazard_score", g, f"{prefix}_HazardScore", "safety hazard score", "Float",
-           unit="%", scale=10),
+           unit="%", scale=10, normal_range=PERCENT),
         _p(f"{m}.threat_level", g, f"{prefix}_ThreatLevel", "network threat: 0 LOW .. 3 "
            "CRITICAL", "Int32", lo=0, hi=3),
     ]  # fmt: skip
