@@ -256,8 +256,10 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 
 
 async def store_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError)
+    # The detail (file, URL, SQL and its values) is for the log only.
     log.error("store unavailable: %s", exc)
-    return error_response(503, "store_unavailable", f"{exc}; nothing was changed, try again")
+    return error_response(503, "store_unavailable", f"{exc.public}; nothing was changed, try again")
 
 
 async def internal_error_handler(request: Request, exc: Exception) -> Response:

@@ -54,8 +54,9 @@ from .history import HistoryWriter, StoredHistory
 from .hub import Hub
 from .inference import Inference
 from .ingest import Intake
-from .limits import RateLimitMiddleware, SecurityHeadersMiddleware
+from .limits import ProxyHeadersMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
 from .logs import RequestIdMiddleware
+from .machines import Machines
 from .metrics import Metrics
 from .notify import Notifier
 from .orchestrator.routes import OrchestratorRoutes
@@ -175,7 +176,10 @@ class Components:
         return component in ROLE_RUNS[self.role]
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        store_ok = await self.store.ping()
+        # A full disk still answers the ping: writes are asked too, for telemetry that
+        # cannot be journaled is refused, and nothing the process learns is kept.
+        write_problem = self.store.write_problem
+        store_ok = await self.store.ping() and write_problem is None
         agents = {a.agent_id: a.health()["status"] for a in self.agents}
         orchestrating = self.runs("orchestrator")
         ok = (
@@ -203,6 +207,7 @@ class Components:
             "uptime_s": round(time.time() - self.started_at, 1),
             "components": {
                 "store": store_ok,
+                "store_error": write_problem,
                 "agents": agents,
                 "orchestrator": orchestrator,
                 "mqtt_connected": self.mqtt.connected if self.mqtt.enabled else None,
@@ -225,8 +230,11 @@ class Components:
             _settle()
 
     async def prune_journal(self) -> int:
-        """Drop journal rows that every running agent's saved checkpoint covers."""
-        cursors = [a.durable_cursor for a in self.agents if a.status == "running"]
+        """Drop journal rows that the saved checkpoint of every running agent that reads
+        the journal covers."""
+        cursors = [
+            a.durable_cursor for a in self.agents if a.status == "running" and a.reads_journal
+        ]
         if not cursors or min(cursors) == 0:
             return 0
         return await self.store.inbox_prune(min(cursors))
@@ -294,6 +302,7 @@ def build_components(settings: Settings, *, scada_in_background: bool = False) -
     hub = Hub(queue_size=settings.hub.queue_size)
     store = Store.from_settings(settings)
     inference = Inference(settings.inference.threads)
+    machines = Machines(settings.limits.max_machines)
     ctx = AgentContext(
         hub=hub,
         store=store,
@@ -302,8 +311,9 @@ def build_components(settings: Settings, *, scada_in_background: bool = False) -
         max_batch=settings.inference.max_batch,
         max_wait_s=settings.inference.max_wait_ms / 1000,
         max_body_bytes=settings.server.max_body_bytes,
+        machines=machines,
     )
-    intake = Intake(hub, settings.server.max_body_bytes, store)
+    intake = Intake(hub, settings.server.max_body_bytes, store, machines)
 
     async def to_hub(rows: list[dict[str, Any]], indices: list[int] | None) -> None:
         await intake.accept(rows, replay.source, indices=indices)
@@ -460,6 +470,10 @@ def build_app(settings: Settings, *, scada_in_background: bool = False) -> Starl
                 # Before the agents (and the bridge), so its tally of the shift misses
                 # none of their predictions.
                 await stack.enter_async_context(c.backlog)
+            # The machines the checkpoints keep state for count against limits.max_machines
+            # before any record comes in: the broker may hand over a backlog at once.
+            for agent in c.agents:
+                c.intake.machines.note(await agent.saved_machines())
             # Also before the agents: telemetry it takes early is journaled and scored when
             # they start, and their last alerts on the way out still reach its outbox.
             await stack.enter_async_context(c.mqtt)
@@ -515,6 +529,8 @@ def build_app(settings: Settings, *, scada_in_background: bool = False) -> Starl
     # Outermost first: security headers on every answer (429s included), then the rate
     # limit (a brute-forced key gets 429 before auth sees it), then CORS, then auth.
     middleware = [
+        # First the real client's address: rate limits and every log line use it.
+        Middleware(ProxyHeadersMiddleware, trusted=settings.server.forwarded_allow_ips),
         # Outside everything: every log line about a request carries its id, refusals too.
         Middleware(RequestIdMiddleware),
         Middleware(SecurityHeadersMiddleware),

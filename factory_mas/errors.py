@@ -31,4 +31,22 @@ class ArtifactError(FactoryError):
 
 
 class StoreError(FactoryError):
-    """The persistent store could not be opened or written."""
+    """The persistent store could not be opened or written.
+
+    The message is for the server log: it may name the database file or URL and hold the
+    failed SQL with its values. `public` says what failed in words fit for a client."""
+
+    @property
+    def public(self) -> str:
+        text = f"{self} {self.__cause__ or ''}".lower()
+        for words, reason in _STORE_REASONS:
+            if any(word in text for word in words):
+                return f"the store could not be used: {reason}"
+        return "the store could not be used: unavailable"
+
+
+_STORE_REASONS = (
+    (("full", "no space"), "disk full"),
+    (("locked", "busy", "lock timeout", "deadlock"), "database locked"),
+    (("readonly", "read-only", "read only", "permission denied"), "database read-only"),
+)

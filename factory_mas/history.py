@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from starlette.requests import Request
 from starlette.responses import Response
@@ -251,8 +252,21 @@ def _select(conn: Connection, conds: list[Any], limit: int) -> list[Prediction]:
 # -- writing -----------------------------------------------------------------------------
 
 
-def _insert(conn: Connection, batch: list[Prediction]) -> tuple[int, int]:
-    """Insert a batch; returns (highest seq now, predictions that could not be encoded)."""
+# A prediction of a journaled record that is stored already (its record was scored again
+# after a crash) is left out by the unique index on (agent, journal seq, position). The
+# rows inserted are counted by what RETURNING gives back: an insert of many rows on
+# PostgreSQL reports no row count.
+_INSERT_NEW = {
+    "sqlite": sqlite.insert(predictions).on_conflict_do_nothing().returning(predictions.c.seq),
+    "postgresql": postgresql.insert(predictions)
+    .on_conflict_do_nothing()
+    .returning(predictions.c.seq),
+}
+
+
+def _insert(conn: Connection, batch: list[Prediction]) -> tuple[int, int, int]:
+    """Insert a batch; returns (highest seq now, predictions that could not be encoded,
+    predictions stored already)."""
     rows = []
     for p in batch:
         try:
@@ -267,11 +281,14 @@ def _insert(conn: Connection, batch: list[Prediction]) -> tuple[int, int]:
                 "record_ts": epoch(p.record_ts),
                 "level": p.level,
                 "data": data,
+                "journal_seq": p.journal_seq,
+                "journal_index": p.journal_index,
             }
         )
+    inserted = 0
     if rows:
-        conn.execute(predictions.insert(), rows)
-    return _max_seq(conn), len(batch) - len(rows)
+        inserted = len(conn.execute(_INSERT_NEW[conn.dialect.name], rows).all())
+    return _max_seq(conn), len(batch) - len(rows), len(rows) - inserted
 
 
 def _max_seq(conn: Connection) -> int:
@@ -333,6 +350,7 @@ class HistoryWriter:
         self.written = 0
         self.dropped_pending = 0  # held during a store outage beyond max_pending_rows
         self.skipped = 0  # not a Prediction, or not encodable as JSON
+        self.duplicates = 0  # of a record rescored after a crash: stored already
         self.pruned = 0
         self.flush_failures = 0
         self.last_flush_at: float | None = None
@@ -372,6 +390,7 @@ class HistoryWriter:
             "dropped_pending": self.dropped_pending,
             "pending": len(self._pending),
             "skipped": self.skipped,
+            "duplicates": self.duplicates,
             "sampled_out": self.sampled_out,
             "sample_s": self.sample_s,
             "last_flush_at": self.last_flush_at,
@@ -443,9 +462,10 @@ class HistoryWriter:
         while self._pending:
             batch = list(islice(self._pending, WRITE_CHUNK_ROWS))
             try:
-                self._last_seq, unencodable = await self.store.write(_insert, batch)
+                self._last_seq, unencodable, stored = await self.store.write(_insert, batch)
             except (StoreError, RuntimeError) as exc:  # RuntimeError: the store is closed
-                self.last_error = str(exc)
+                # /status is read by viewers: the SQL and its values go to the log only.
+                self.last_error = exc.public if isinstance(exc, StoreError) else "store closed"
                 self.flush_failures += 1
                 if not self._failing:
                     self._failing = True
@@ -453,8 +473,9 @@ class HistoryWriter:
                 return False
             for _ in batch:
                 self._pending.popleft()
-            self.written += len(batch) - unencodable
+            self.written += len(batch) - unencodable - stored
             self.skipped += unencodable
+            self.duplicates += stored
             self.last_flush_at = self._clock()
             if self._failing:
                 self._failing = False

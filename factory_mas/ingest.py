@@ -19,8 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .api import ApiError, json_response, read_json, rejected_response
-from .data.schema import parse_many
 from .hub import Hub
+from .machines import Machines
 from .messages import Rejection
 from .store import Store
 
@@ -32,10 +32,17 @@ CHUNK = 500
 
 
 class Intake:
-    def __init__(self, hub: Hub, max_body_bytes: int, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        max_body_bytes: int,
+        store: Store | None = None,
+        machines: Machines | None = None,
+    ) -> None:
         self.hub = hub
         self.max_body_bytes = max_body_bytes
         self.store = store
+        self.machines = machines or Machines()
         # Journal order must be publish order: an agent's checkpoint says "scored up to
         # seq N", which is only true if nothing below N can still be on its way.
         self._journal_lock = asyncio.Lock()
@@ -55,24 +62,29 @@ class Intake:
     ) -> tuple[int, list[Rejection]]:
         """Validate and publish; returns the number accepted and the rejections.
 
-        With `journal`, good records are written to the store's inbox before they are
-        published, so once this returns they survive a crash. A rejection's index is the
-        item's position, or `indices[position]` when given (a CSV reader passes line
-        numbers).
+        With `journal`, good records are written to the store's inbox before any is
+        published, all in one transaction: once this returns they survive a crash, and
+        if the store fails (StoreError) none was kept, published or counted, so the
+        sender can send the whole batch again. A rejection's index is the item's
+        position, or `indices[position]` when given (a CSV reader passes line numbers).
         """
-        accepted = 0
+        chunks: list[list[Any]] = []
         rejections: list[Rejection] = []
         for start in range(0, len(items), CHUNK):
-            good, bad = parse_many(items[start : start + CHUNK], source)
+            if start:
+                await asyncio.sleep(0)  # let the loop run between two chunks' validation
+            good, bad = self.machines.parse(items[start : start + CHUNK], source)
             for r in bad:
                 position = (r.index or 0) + start
                 r.index = indices[position] if indices else position
             if good:
-                await self._publish(topic, good, source, journal)
-                accepted += len(good)
-            if bad:
-                await self.reject(bad, source)
-                rejections.extend(bad)
+                chunks.append(good)
+            rejections.extend(bad)
+        if chunks:
+            await self._publish(topic, chunks, source, journal)
+        if rejections:
+            await self.reject(rejections, source)
+        accepted = sum(map(len, chunks))
         self.accepted[source] += accepted
         if accepted:
             self.last_accepted_at = time.time()
@@ -84,14 +96,21 @@ class Intake:
         self.rejected_fields.update(r.field or "(record)" for r in rejections)
         await self.hub.publish(REJECTED_TOPIC, rejections, origin=source)
 
-    async def _publish(self, topic: str, records: list[Any], source: str, journal: bool) -> None:
+    async def _publish(
+        self, topic: str, chunks: list[list[Any]], source: str, journal: bool
+    ) -> None:
         if not journal or self.store is None:
-            await self.hub.publish(topic, records, origin=source)
+            for records in chunks:
+                await self.hub.publish(topic, records, origin=source)
             return
-        data = self._encoder.encode(records)
+        data = [self._encoder.encode(records) for records in chunks]
         async with self._journal_lock:
-            seq = await self.store.inbox_append(topic, source, data)
-            await self.hub.publish(topic, records, origin=source, seq=seq)
+            # The batch's chunks in one transaction: journaled one by one, a failure
+            # after the first chunk left it scored while the sender was told to retry
+            # the whole batch, which then counted those records twice.
+            seqs = await self.store.inbox_append_many(topic, source, data)
+            for seq, records in zip(seqs, chunks, strict=True):
+                await self.hub.publish(topic, records, origin=source, seq=seq)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -99,6 +118,7 @@ class Intake:
             "rejected": dict(self.rejected),
             "rejected_by_field": dict(self.rejected_fields),
             "last_accepted_at": self.last_accepted_at or None,
+            "machines": self.machines.stats(),
         }
 
     async def ingest_route(self, request: Request) -> Response:

@@ -6,9 +6,16 @@ second, at most `burst` saved up. A request needs a token from each of its bucke
 one is empty the answer is 429 with Retry-After (whole seconds until a token is back).
 A WebSocket costs one token when it connects; its messages are not counted here. /health
 is exempt: load balancers poll it and must not be turned away by someone else's burst.
-The key is only ever kept as a hash, and never logged. The client address is the one in
-the ASGI scope: behind a proxy, run uvicorn with --proxy-headers / --forwarded-allow-ips
-so that it is the real client's, not the proxy's.
+The key is only ever kept as a hash, and never logged. A request carrying two different
+keys (X-API-Key beside a Bearer token, or a header given twice) is refused with 400: the
+limiter and the key check must count the same key, and a made-up second key would
+otherwise get a fresh bucket every time.
+
+`ProxyHeadersMiddleware` sets the client address (and scheme) from X-Forwarded-For (and
+X-Forwarded-Proto) when the connection comes from a trusted proxy
+(`server.forwarded_allow_ips`). Each proxy appends the address it saw, so only the
+right-hand end of the header is known to be true: the client is the right-most entry
+that is not a trusted proxy. The left-hand entries are whatever the client sent.
 
 `SecurityHeadersMiddleware` adds X-Content-Type-Options, X-Frame-Options and
 Referrer-Policy to every HTTP answer and, to HTML pages, a Content-Security-Policy that
@@ -92,23 +99,35 @@ class TokenBuckets:
         return max(wait, 0.0)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+class ConflictingKeys(ValueError):
+    """The request carries more than one API key."""
 
 
 def api_key_of(scope: Scope) -> str | None:
-    """The API key a request presents (X-API-Key, else a Bearer token), if any."""
-    key = _header(scope, b"x-api-key")
-    if key:
-        return key.strip() or None
-    auth = _header(scope, b"authorization") or ""
-    scheme, _, token = auth.strip().partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    """The API key a request presents (X-API-Key or a Bearer token), if any.
+
+    ConflictingKeys when its headers hold two different keys; the same key in both is
+    fine."""
+    found: dict[str, str] = {}  # key -> the header it came in
+    for name, value in scope.get("headers") or ():
+        if name == b"x-api-key":
+            key, header = value.decode("latin-1").strip(), "X-API-Key"
+        elif name == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() != "bearer":
+                continue
+            key, header = token.strip(), "Authorization: Bearer"
+        else:
+            continue
+        if key:
+            found.setdefault(key, header)
+    if len(found) > 1:
+        raise ConflictingKeys(
+            f"the request carries {len(found)} different API keys (in "
+            f"{' and '.join(found.values())}); send one key, in either "
+            "'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+    return next(iter(found), None)
 
 
 class RateLimitMiddleware:
@@ -125,6 +144,7 @@ class RateLimitMiddleware:
         self.refused = 0
 
     def keys(self, scope: Scope) -> list[str]:
+        """The request's buckets; ConflictingKeys from api_key_of."""
         client = scope.get("client")
         keys = [f"addr:{client[0] if client else 'unknown'}"]
         api_key = api_key_of(scope)
@@ -137,36 +157,118 @@ class RateLimitMiddleware:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = self.buckets.take(self.keys(scope))
+        try:
+            keys = self.keys(scope)
+        except ConflictingKeys as exc:
+            self.refused += 1
+            await _refuse(scope, send, 400, "conflicting_api_keys", str(exc), 1008)
+            return
+        wait = self.buckets.take(keys)
         if wait <= 0:
             await self.app(scope, receive, send)
             return
         self.refused += 1
         retry_after = max(1, math.ceil(wait))
-        if scope["type"] == "websocket":
-            # Closing before the handshake is answered 403 by the server; 1013 = try again
-            # later, for servers that can pass a code on.
-            await send({"type": "websocket.close", "code": 1013, "reason": "too many requests"})
-            return
-        body = msgspec.json.encode(
-            {
-                "error": "too_many_requests",
-                "detail": f"rate limit exceeded; retry in {retry_after} s",
-                "retry_after_s": retry_after,
-            }
+        await _refuse(
+            scope,
+            send,
+            429,
+            "too_many_requests",
+            f"rate limit exceeded; retry in {retry_after} s",
+            # 1013 = try again later.
+            1013,
+            retry_after,
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(retry_after).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(
+    scope: Scope,
+    send: Send,
+    status: int,
+    error: str,
+    detail: str,
+    ws_code: int,
+    retry_after: int | None = None,
+) -> None:
+    if scope["type"] == "websocket":
+        # Closing before the handshake is answered 403 by the server; the code and
+        # reason reach servers that can pass them on.
+        # A close reason is at most 123 bytes.
+        short = detail.encode()[:120].decode(errors="ignore")
+        reason = "too many requests" if status == 429 else short
+        await send({"type": "websocket.close", "code": ws_code, "reason": reason})
+        return
+    content: dict[str, Any] = {"error": error, "detail": detail}
+    headers = [(b"content-type", b"application/json")]
+    if retry_after is not None:
+        content["retry_after_s"] = retry_after
+        headers.append((b"retry-after", str(retry_after).encode()))
+    body = msgspec.json.encode(content)
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ProxyHeadersMiddleware:
+    """The client's address and scheme from X-Forwarded-For / -Proto, for connections
+    from a trusted proxy (`trusted`: addresses or networks, or "*" for any peer).
+
+    With a list, the client is the right-most X-Forwarded-For entry outside it. With "*"
+    nothing in the header can be told apart from a proxy, so the right-most entry is
+    taken: the address the one proxy in front of us saw. Anything that is not an IP
+    address (a made-up entry, "unknown") leaves the peer's address in place."""
+
+    def __init__(self, app: ASGIApp, trusted: list[str]) -> None:
+        self.app = app
+        self.any_peer = "*" in trusted
+        self.trusted = ClientAllowList([t for t in trusted if t != "*"], "proxy")
+
+    def _is_proxy(self, host: str) -> bool:
+        return self.any_peer or self.trusted.covers(host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] in ("http", "websocket") and client and self._is_proxy(client[0]):
+            forwarded: list[str] = []
+            for name, value in scope.get("headers") or ():
+                if name == b"x-forwarded-for":
+                    forwarded += value.decode("latin-1").split(",")
+                elif name == b"x-forwarded-proto":
+                    proto = value.decode("latin-1").strip().lower()
+                    if proto in ("http", "https"):
+                        ws = scope["type"] == "websocket"
+                        scope["scheme"] = proto.replace("http", "ws") if ws else proto
+            host = self.client_of([entry.strip() for entry in forwarded if entry.strip()])
+            if host is not None:
+                scope["client"] = (host, 0)
+        await self.app(scope, receive, send)
+
+    def client_of(self, forwarded: list[str]) -> str | None:
+        """The client address in X-Forwarded-For's entries, or None to keep the peer's."""
+        if not forwarded:
+            return None
+        if self.any_peer:
+            return _address(forwarded[-1])
+        for entry in reversed(forwarded):
+            host = _address(entry)
+            if host is None or not self.trusted.covers(host):
+                return host
+        # Every entry is a proxy of ours: the left-most is the one nearest the client.
+        return _address(forwarded[0])
+
+
+def _address(entry: str) -> str | None:
+    """The IP address in an X-Forwarded-For entry (`1.2.3.4`, `1.2.3.4:5678`,
+    `[2001:db8::1]:443`, `2001:db8::1`), or None."""
+    host = entry
+    if entry.startswith("["):
+        host = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:
+        host = entry.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 class SecurityHeadersMiddleware:

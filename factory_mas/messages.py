@@ -76,6 +76,11 @@ class Prediction(Struct, kw_only=True, gc=False):
     level: Level
     result: dict[str, Any]
     camera_id: str | None = None
+    # The ingest journal row of the record scored and its position in that row; None for
+    # a record that was not journaled. The stored history is keyed by them, so a record
+    # scored again after a crash (its agent's checkpoint had not covered it) is kept once.
+    journal_seq: int | None = None
+    journal_index: int | None = None
 
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]

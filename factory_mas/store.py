@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StoreError
+from .times import iso
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -208,22 +209,41 @@ sms_outbox = sa.Table(
     sqlite_autoincrement=True,
 )
 
-predictions = sa.Table(
-    "predictions",
+
+def _predictions_table(meta: sa.MetaData, *more: sa.Column[Any]) -> sa.Table:
+    table = sa.Table(
+        "predictions",
+        meta,
+        sa.Column("seq", _id(), primary_key=True),
+        sa.Column("agent_id", _text(100), nullable=False),
+        sa.Column("machine_id", sa.Integer),
+        sa.Column("camera_id", _text(200)),
+        sa.Column("record_ts", sa.Float, nullable=False),
+        sa.Column("level", _text(20), nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+        *more,
+        sqlite_autoincrement=True,
+    )
+    sa.Index("predictions_agent_machine", table.c.agent_id, table.c.machine_id, table.c.seq)
+    sa.Index("predictions_agent_seq", table.c.agent_id, table.c.seq)
+    return table
+
+
+predictions = _predictions_table(
     metadata,
-    sa.Column("seq", _id(), primary_key=True),
-    sa.Column("agent_id", _text(100), nullable=False),
-    sa.Column("machine_id", sa.Integer),
-    sa.Column("camera_id", _text(200)),
-    sa.Column("record_ts", sa.Float, nullable=False),
-    sa.Column("level", _text(20), nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-    sqlite_autoincrement=True,
+    # v10: the journal row, and the position in it, of the record a prediction scored
+    # (NULL for records that were not journaled). A record rescored after a crash is
+    # then written once: the unique index below turns the second insert into nothing.
+    sa.Column("journal_seq", _id()),
+    sa.Column("journal_index", sa.Integer),
 )
-sa.Index(
-    "predictions_agent_machine", predictions.c.agent_id, predictions.c.machine_id, predictions.c.seq
+predictions_by_record = sa.Index(
+    "predictions_record",
+    predictions.c.agent_id,
+    predictions.c.journal_seq,
+    predictions.c.journal_index,
+    unique=True,
 )
-sa.Index("predictions_agent_seq", predictions.c.agent_id, predictions.c.seq)
 
 
 # -- v4: messages for the MQTT broker that must not be lost, and audited setting changes --
@@ -332,8 +352,10 @@ def _v2(conn: Connection) -> None:
 
 
 def _v3(conn: Connection) -> None:
-    for table in (alarms, alarm_events, alerts, decisions, sms_outbox, predictions):
+    for table in (alarms, alarm_events, alerts, decisions, sms_outbox):
         table.create(conn)
+    # The history as v3 made it; v10 adds the journal position.
+    _predictions_table(sa.MetaData()).create(conn)
 
 
 def _v4(conn: Connection) -> None:
@@ -383,8 +405,17 @@ def _v9(conn: Connection) -> None:
     alarm_events_by_time.create(conn, checkfirst=True)
 
 
+def _v10(conn: Connection) -> None:
+    # Rows from before stay NULL, which the unique index never compares (NULLs are
+    # distinct on both backends): old history is kept as it is.
+    for column in (predictions.c.journal_seq, predictions.c.journal_index):
+        spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE predictions ADD COLUMN {spec}"))
+    predictions_by_record.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10
 ]  # fmt: skip
 
 
@@ -566,6 +597,11 @@ class Store:
         self._engine: Engine | None = None
         self._worker = _Worker("store")
         self.version = 0
+        # Since when writes have failed for want of the database (disk full, locked, gone)
+        # and why; None once one succeeds again. Reads and pings can go on working
+        # meanwhile, so /health asks this too, not only ping().
+        self.writes_failing_since: float | None = None
+        self.write_failure = ""
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, instance: str = "") -> Store:
@@ -667,7 +703,32 @@ class Store:
         Components keep their own queries beside their logic and use this to run them:
         either everything `fn` wrote is committed when this returns, or nothing is.
         """
-        return await self._run(self._in_transaction, fn, *args)
+        return await self._write(self._in_transaction, fn, *args)
+
+    async def _write(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
+        """`_run` for a call that writes: its outcome is what /health reports."""
+        try:
+            result = await self._run(fn, *args, urgent=urgent)
+        except StoreError as exc:
+            # A constraint or a value the database refuses says nothing about the store.
+            if not isinstance(exc.__cause__, sa.exc.IntegrityError | sa.exc.DataError):
+                if self.writes_failing_since is None:
+                    self.writes_failing_since = time.time()
+                    log.error("store: writes failing: %s", exc)
+                self.write_failure = exc.public
+            raise
+        if self.writes_failing_since is not None:
+            self.writes_failing_since = None
+            log.info("store: writes succeed again")
+        return result
+
+    @property
+    def write_problem(self) -> str | None:
+        """Since when and why writes fail, in words fit for /health; None while they
+        succeed."""
+        if self.writes_failing_since is None:
+            return None
+        return f"writes failing since {iso(self.writes_failing_since)}: {self.write_failure}"
 
     def _in_transaction(self, fn: Callable[..., T], *args: Any) -> T:
         with self.engine.begin() as conn:
@@ -682,7 +743,7 @@ class Store:
             return fn(conn, *args)
 
     async def save_checkpoint(self, name: str, data: bytes) -> None:
-        await self._run(self._save_checkpoint, name, data)
+        await self._write(self._save_checkpoint, name, data)
 
     def _save_checkpoint(self, name: str, data: bytes) -> None:
         with self.engine.begin() as conn:
@@ -699,21 +760,32 @@ class Store:
 
     async def inbox_append(self, topic: str, source: str, data: bytes) -> int:
         """Journal one accepted message durably; returns its sequence number."""
-        return await self._run(self._inbox_append, topic, source, data, urgent=True)
+        (seq,) = await self.inbox_append_many(topic, source, [data])
+        return seq
 
-    def _inbox_append(self, topic: str, source: str, data: bytes) -> int:
+    async def inbox_append_many(self, topic: str, source: str, messages: list[bytes]) -> list[int]:
+        """Journal messages durably in one transaction, all or none; returns their
+        sequence numbers, in order."""
+        return await self._write(self._inbox_append, topic, source, messages, urgent=True)
+
+    def _inbox_append(self, topic: str, source: str, messages: list[bytes]) -> list[int]:
+        now = time.time()
         with self.engine.begin() as conn:
-            result = conn.execute(
-                _INBOX_INSERT,
-                {
-                    "topic": topic,
-                    "source": source,
-                    "instance": self.instance,
-                    "received_at": time.time(),
-                    "data": data,
-                },
-            )
-            return int(result.inserted_primary_key[0])
+            return [
+                int(
+                    conn.execute(
+                        _INBOX_INSERT,
+                        {
+                            "topic": topic,
+                            "source": source,
+                            "instance": self.instance,
+                            "received_at": now,
+                            "data": data,
+                        },
+                    ).inserted_primary_key[0]
+                )
+                for data in messages
+            ]
 
     async def inbox_after(self, seq: int, limit: int = 500) -> list[tuple[int, str, bytes]]:
         """This instance's journal rows after `seq`, oldest first: (seq, topic, data)."""
@@ -732,7 +804,7 @@ class Store:
     async def inbox_prune(self, upto: int) -> int:
         """Forget this instance's journal rows up to and including `upto`; returns how
         many."""
-        return await self._run(self._inbox_prune, upto)
+        return await self._write(self._inbox_prune, upto)
 
     def _inbox_prune(self, upto: int) -> int:
         with self.engine.begin() as conn:

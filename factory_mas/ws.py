@@ -1,7 +1,9 @@
 """WebSocket fan-out shared by every component that streams: one bounded queue per client.
 
 A slow reader only loses its own oldest messages and never holds up the producer or the
-other clients; `dropped` says how many it lost.
+other clients; `dropped` says how many it lost. A reader that takes nothing at all is
+dropped by the server (`server.send_timeout_s`, see server.py): only the connection can
+tell that its buffers stay full, and only it can let go of them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 _json = msgspec.json.Encoder()
-# A frame not taken by the client within this long closes its connection.
-SEND_TIMEOUT_S = 10.0
 
 
 def frame(kind: str, data: Any) -> bytes:
@@ -68,14 +68,4 @@ async def _send(ws: WebSocket, client: WsClient) -> None:
             await client.ready.wait()
             client.ready.clear()
             while client.queue:
-                try:
-                    await asyncio.wait_for(
-                        ws.send_text(client.queue.popleft().decode()), SEND_TIMEOUT_S
-                    )
-                except TimeoutError:
-                    # A reader that takes nothing for this long is gone or stuck: let it
-                    # go, rather than keep a connection (and its buffers) for nobody.
-                    client.dropped += len(client.queue) + 1
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(ws.close(1008, "too slow to read"), 1.0)
-                    return
+                await ws.send_text(client.queue.popleft().decode())

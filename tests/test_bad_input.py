@@ -48,8 +48,9 @@ QUERY_NAMES = ["limit", "machine_id", "since", "until", "level", "state", "open"
                "agent", "source", "type", "offset"]  # fmt: skip
 
 # Action routes that take no body: a body does not make them bad requests.
-NO_BODY = {("POST", "/api/backlog/generate"), *(("POST", f"/api/{a}/reload")
-           for a in ("pm", "energy", "cyber", "safety", "ppe"))}  # fmt: skip
+NO_BODY = {("POST", "/api/backlog/generate"), *(("POST", f"/api/{a}/{action}")
+           for a in ("pm", "energy", "cyber", "safety", "ppe")
+           for action in ("reload", "start", "stop"))}  # fmt: skip
 
 
 def bad_bodies() -> list[tuple[str, bytes]]:

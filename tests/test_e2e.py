@@ -13,7 +13,7 @@ from websockets.sync.client import connect
 
 from factory_mas.app import build_components
 
-from .conftest import REPO, record, wait_until
+from .conftest import REPO, record, running_app, wait_until
 
 
 def test_default_replay_streams_predictions_for_all_50_machines(server_factory):
@@ -192,6 +192,39 @@ def test_kill_9_right_after_ingest_loses_no_accepted_record(server_factory):
     assert status["journal"]["scored_up_to"] >= 10
 
 
+def test_kill_9_after_history_was_stored_stores_each_rescored_record_once(server_factory):
+    no_checkpoints = {
+        f"FACTORY_AGENTS_{agent}_CHECKPOINT_INTERVAL_S": "3600"
+        for agent in ("PM", "ENERGY", "CYBER", "SAFETY")
+    }
+    # Every prediction stored, so each record has its row to be duplicated.
+    env = {**no_checkpoints, "FACTORY_HISTORY_SAMPLE_S": "0"}
+    server = server_factory(env)
+    records = [record(m % 50 + 1, temperature_c=40 + m / 10) for m in range(300)]
+    for start in range(0, len(records), 60):
+        assert server.post("/api/ingest", records[start : start + 60]).status_code == 202
+    # The four telemetry agents' predictions of all of them are in the store, and no
+    # checkpoint says so: after the kill each agent scores the whole journal again.
+    wait_until(
+        lambda: server.get("/status").json()["history"]["written"] == 4 * len(records),
+        what="every prediction stored",
+    )
+    server.stop(signal.SIGKILL)
+
+    again = server_factory(env, data_dir=server.data_dir)
+
+    def history_settled() -> dict | None:
+        h = again.get("/status").json()["history"]
+        return h if h["written"] + h["duplicates"] >= 4 * len(records) else None
+
+    stats = wait_until(history_settled, what="the rescored predictions written or found")
+    assert (stats["written"], stats["duplicates"]) == (0, 4 * len(records))
+    stored = again.get("/api/pm/history?source=store&limit=1000").json()["predictions"]
+    assert len(stored) == len(records)
+    positions = {(p["journal_seq"], p["journal_index"]) for p in stored}
+    assert len(positions) == len(records) and None not in {seq for seq, _ in positions}
+
+
 async def test_the_journal_is_pruned_once_checkpoints_cover_it(settings):
     c = build_components(settings)
     async with c.store, c.inference, c.agents[0] as agent:
@@ -211,3 +244,26 @@ async def test_the_journal_is_pruned_once_checkpoints_cover_it(settings):
         # New rows never reuse the numbers of pruned ones.
         await c.intake.accept([record(9)], "http", journal=True)
         assert (await c.store.inbox_after(0))[0][0] == 6
+
+
+async def test_the_journal_is_pruned_while_ppe_agent_runs(settings):
+    # ppe_agent takes camera frames, never journaled telemetry: its cursor stayed 0 and
+    # held every row back, until the journal filled and ingest answered 503.
+    async with running_app(settings) as (c, client):
+        ppe = next(a for a in c.agents if a.agent_id == "ppe_agent")
+        telemetry = [a for a in c.agents if a is not ppe]
+        assert ppe.status == "running" and not ppe.reads_journal
+        assert {a.status for a in telemetry} == {"running"} and len(telemetry) == 4
+        for m in range(1, 6):
+            assert (await client.post("/api/ingest", json=[record(m)])).status_code == 202
+        assert await c.store.inbox_size() == 5
+
+        async def scored_all():
+            while min(a.inbox_cursor for a in telemetry) < 5:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(scored_all(), 20)
+        for agent in telemetry:
+            await agent.save_checkpoint()
+        assert await c.prune_journal() == 5
+        assert await c.store.inbox_size() == 0

@@ -165,6 +165,48 @@ async def test_a_full_queue_drops_the_oldest_and_counts_them(tmp_path: Path) -> 
         assert minutes(await query(store, "pm_agent", 100)) == [9, 8, 7, 6]
 
 
+def journaled(minute: int, seq: int, index: int, agent_id: str = "pm_agent") -> Prediction:
+    """A prediction of the record at `index` of journal row `seq`."""
+    p = prediction(minute, agent_id=agent_id)
+    return msgspec.structs.replace(p, journal_seq=seq, journal_index=index)
+
+
+async def check_rescored_records_are_stored_once(store: Store) -> None:
+    """What a kill -9 leads to: the restarted agent scores the journal rows its last
+    checkpoint had not covered once more, and the history writer gets those predictions
+    a second time."""
+    live = prediction(100)  # POST /predict: not journaled, each scoring is news
+    before = [journaled(m, seq=1 + m // 2, index=m % 2) for m in range(6)]
+    # Another agent's predictions of the same records are its own.
+    cyber = [journaled(m, 1 + m // 2, m % 2, "cyber_agent") for m in range(2)]
+    hub = Hub()
+    async with HistoryWriter(hub, store, 7, 0.02) as writer:
+        await hub.publish("predictions/pm_agent", [*before, live])
+        await hub.publish("predictions/cyber_agent", cyber)
+        await until(lambda: writer.stats()["written"] == 9, "9 rows written")
+    # After the restart: rows 2 and 3 again (minutes 2..5), then a new row 4.
+    again = [journaled(m, 1 + m // 2, m % 2) for m in range(2, 8)]
+    hub = Hub()
+    async with HistoryWriter(hub, store, 7, 0.02) as writer:
+        await hub.publish("predictions/pm_agent", [*again, live])
+
+        def settled() -> bool:
+            stats = writer.stats()
+            return stats["written"] + stats["duplicates"] == 7
+
+        await until(settled, "the 7 predictions written or found stored")
+        assert writer.stats()["duplicates"] == 4 and writer.stats()["written"] == 3
+    assert minutes(await query(store, "pm_agent", 100)) == [100, 7, 6, 100, 5, 4, 3, 2, 1, 0]
+    assert minutes(await query(store, "cyber_agent", 100)) == [1, 0]
+    stored = await query(store, "pm_agent", 1)
+    assert (stored[0].journal_seq, stored[0].journal_index) == (None, None)
+
+
+async def test_a_record_scored_again_after_a_crash_is_stored_once(tmp_path: Path) -> None:
+    async with open_store(tmp_path) as store:
+        await check_rescored_records_are_stored_once(store)
+
+
 # -- failures -----------------------------------------------------------------------------
 
 
@@ -180,7 +222,9 @@ async def test_a_failing_store_is_retried_with_bounded_memory(
                 await hub.publish("predictions/pm_agent", [prediction(m + i) for i in range(5)])
             await until(lambda: writer.stats()["flush_failures"] >= 3, "three failed flushes")
             stats = writer.stats()
-            assert stats["failing"] and "predictions" in stats["last_error"]
+            # /status says what failed, not the SQL with the records' values (the log does).
+            assert stats["failing"]
+            assert stats["last_error"] == "the store could not be used: unavailable"
             assert stats["running"] and stats["written"] == 0
             # Only the newest 10 are held; the 10 older ones are dropped and counted.
             assert stats["pending"] == 10 and stats["dropped"] == stats["dropped_pending"] == 10
@@ -193,6 +237,7 @@ async def test_a_failing_store_is_retried_with_bounded_memory(
         assert minutes(await query(store, "pm_agent", 100)) == list(range(20, 9, -1))
     messages = [r.getMessage() for r in caplog.records if r.name == "factory_mas.history"]
     assert sum("not written, retrying" in m for m in messages) == 1, messages
+    assert any("no such table: predictions" in m and "INSERT" in m for m in messages), messages
     assert sum("writable again" in m for m in messages) == 1, messages
 
 

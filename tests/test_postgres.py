@@ -34,7 +34,13 @@ from . import test_backlog, test_configure, test_notify, test_orchestrator
 from .conftest import REPO, TEST_ENV, running_app
 from .postgres import Postgres
 from .scenarios import attack_episode
-from .test_history import T0, minutes, prediction, until
+from .test_history import (
+    T0,
+    check_rescored_records_are_stored_once,
+    minutes,
+    prediction,
+    until,
+)
 from .test_notify import clock, fake  # noqa: F401 - fixtures of the notifier tests rerun below
 
 replace = msgspec.structs.replace
@@ -188,6 +194,12 @@ async def test_history_writes_queries_and_prunes_on_postgresql(
         + len(await history.query(store, "ppe_agent", 100))
         == 9
     )
+
+
+async def test_a_record_scored_again_after_a_crash_is_stored_once_on_postgresql(
+    store: Store,
+) -> None:
+    await check_rescored_records_are_stored_once(store)
 
 
 async def test_api_keys_and_their_audit_on_postgresql(store: Store) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import subprocess
 import sys
 import textwrap
@@ -252,6 +253,109 @@ async def test_frames_over_the_limits_get_413(tmp_path: Path) -> None:
         assert "120x120" in pixels.json()["detail"] and "10000" in pixels.json()["detail"]
 
         assert (await post_image(client, small, "gate4", "jpeg")).status_code == 200
+
+
+def with_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header (SOFn) claims another size than its data holds."""
+    at = 2
+    while True:
+        marker = data[at + 1]
+        # SOF0..SOF15, less DHT (C4), JPG (C8) and DAC (CC), which share the range.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return data[: at + 5] + struct.pack(">HH", height, width) + data[at + 9 :]
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+
+
+async def test_an_array_over_max_frames_per_request_gets_413_before_decoding(
+    tmp_path: Path,
+) -> None:
+    settings = ppe_settings(tmp_path, FACTORY_AGENTS_PPE_MAX_FRAMES_PER_REQUEST="3")
+    good = b64(encode(render(EQUIPPED, 402)))
+    async with running_app(settings) as (components, client):
+        # Undecodable frames: had any been decoded, it would be counted as rejected.
+        over = await client.post(f"{PPE}/predict", json=[{"image": "%%%"}] * 4)
+        assert over.status_code == 413, over.text
+        assert over.json()["error"] == "too_many_frames"
+        detail = over.json()["detail"]
+        assert "4 frames" in detail and "limit is 3" in detail
+        assert "max_frames_per_request" in detail
+        assert ppe_agent(components).counters["rejected"] == 0
+
+        at_limit = await client.post(f"{PPE}/predict", json=[{"image": good}] * 3)
+        assert at_limit.status_code == 200, at_limit.text
+        assert len(at_limit.json()["predictions"]) == 3
+
+
+async def test_a_jpeg_header_claiming_too_many_pixels_gets_413(settings: Settings) -> None:
+    jpeg = encode(render(EQUIPPED, 403), "JPEG")
+    # 400 million pixels trip Pillow's own guard (an error), 100 million its warning (an
+    # error under our pytest settings), 25 million only ours (20 million by default).
+    claims = {size: with_jpeg_size(jpeg, size, size) for size in (20_000, 10_000, 5_000)}
+    async with running_app(settings) as (_, client):
+        for size, data in claims.items():
+            raw = await post_image(client, data, "gate4", "jpeg")
+            assert raw.status_code == 413, (size, raw.text)
+            assert raw.json()["error"] == "image_too_large"
+            assert "20000000 pixels" in raw.json()["detail"]
+            assert "max_image_pixels" in raw.json()["detail"]
+        assert "5000x5000" in raw.json()["detail"]
+
+        in_list = await client.post(
+            f"{PPE}/predict", json=[{"image": b64(jpeg)}, {"image": b64(claims[20_000])}]
+        )
+        assert in_list.status_code == 200, in_list.text
+        assert len(in_list.json()["predictions"]) == 1
+        [refused] = in_list.json()["rejected"]
+        assert refused["index"] == 1 and "20000000 pixels" in refused["reason"]
+
+
+async def test_a_jpeg_whose_data_disagrees_with_its_header_gets_422(settings: Settings) -> None:
+    jpeg = encode(render(EQUIPPED, 404), "JPEG")
+    truncated = jpeg[: len(jpeg) // 2]
+    # Tag 0x0119 (MaxSampleValue) is a number; given the text "cam" Pillow's EXIF writer,
+    # run when the frame is turned upright, raised struct.error: a 500.
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "cam"
+    buffer = io.BytesIO()
+    Image.fromarray(render(EQUIPPED, 405)).save(buffer, "JPEG", exif=exif.tobytes())
+    bad_exif = buffer.getvalue().replace(b"\x01\x0f\x00\x02", b"\x01\x19\x00\x02", 1)
+    assert bad_exif != buffer.getvalue()
+    async with running_app(settings) as (_, client):
+        for what, data in (("truncated", truncated), ("bad-exif", bad_exif)):
+            alone = await post_image(client, data, "gate4", "jpeg")
+            assert alone.status_code == 422, (what, alone.text)
+            assert alone.json()["error"] == "undecodable_image"
+            assert "cannot be decoded" in alone.json()["detail"]
+
+        both = await client.post(
+            f"{PPE}/predict", json=[{"image": b64(truncated)}, {"image": b64(bad_exif)}]
+        )
+        assert both.status_code == 422, both.text
+        assert both.json()["detail"].startswith("frame 0: image: the image cannot be decoded")
+        assert "truncated" in both.json()["detail"]
+        assert [e["index"] for e in both.json()["errors"]] == [0, 1]
+
+        assert (await post_image(client, jpeg, "gate4", "jpeg")).status_code == 200
+
+
+async def test_a_large_array_is_decoded_and_scored_max_batch_frames_at_a_time(
+    tmp_path: Path,
+) -> None:
+    settings = ppe_settings(tmp_path, FACTORY_INFERENCE_MAX_BATCH="4")
+    shots = [{"image": b64(f), "camera_id": "gate6"} for f in frames(EQUIPPED, 10, 406)]
+    shots[6] = {"image": "%%%"}
+    async with running_app(settings) as (components, client):
+        # One message per model call: the predictions of one batch.
+        published = components.hub.subscribe("predictions/ppe_agent", name="test")
+        response = await client.post(f"{PPE}/predict", json=shots)
+        assert response.status_code == 200, response.text
+        batches = []
+        while len(published):
+            batches.append(len((await published.get()).payload))
+    assert batches == [4, 3, 2]
+    answer = response.json()
+    assert len(answer["predictions"]) == 9
+    assert [r["index"] for r in answer["rejected"]] == [6]
 
 
 async def test_a_list_keeps_the_good_frames_and_lists_the_bad(settings: Settings) -> None:

@@ -201,6 +201,13 @@ def test_port_zero() -> None:
     assert_names(msg, "port", "0", "PORT", ">= 1", "65535")
 
 
+def test_a_proxy_that_is_not_an_address() -> None:
+    msg = bad_settings(path=SETTINGS_TOML, env={"FORWARDED_ALLOW_IPS": "10.0.0.1,proxy.local"})
+    assert_names(msg, "forwarded_allow_ips", "'proxy.local'", "FORWARDED_ALLOW_IPS", "network")
+    ok = load_settings(SETTINGS_TOML, env={"FORWARDED_ALLOW_IPS": "10.0.0.0/8, *"})
+    assert ok.server.forwarded_allow_ips == ["10.0.0.0/8", "*"]
+
+
 def test_port_too_large() -> None:
     msg = bad_settings(path=SETTINGS_TOML, env={"PORT": "70000"})
     assert_names(msg, "port", "70000", "PORT", "65535")

@@ -26,10 +26,13 @@ from factory_mas.store import (
     database_url,
     inbox,
     mqtt_outbox,
+    predictions,
     schema_version,
     sms_outbox,
     sqlite_url,
 )
+
+from .full_disk import PageLimit
 
 
 @dataclass
@@ -87,6 +90,29 @@ async def test_sqlite_in_data_dir_creates_a_missing_folder(tmp_path: Path) -> No
     async with Store.in_data_dir(data_dir) as store:
         await store.save_checkpoint("pm_agent", b"x")
     assert (data_dir / "factory.db").is_file()
+
+
+async def test_a_full_sqlite_file_fails_writes_and_says_so_until_one_succeeds(
+    tmp_path: Path,
+) -> None:
+    async with Store.in_data_dir(tmp_path) as store:
+        limit = PageLimit(store)
+        await limit.allow(0)
+        with pytest.raises(StoreError):
+            await store.inbox_append("t", "http", bytes(100_000))
+        problem = store.write_problem
+        assert problem is not None and problem.startswith("writes failing since 20")
+        assert "disk full" in problem
+        assert "INSERT" not in problem  # the SQL and its values go to the log only
+        assert await store.ping() is True  # reads still work: ping alone cannot tell
+        # Still full: the time it started failing stays the first failure's.
+        with pytest.raises(StoreError):
+            await store.save_checkpoint("pm_agent", bytes(100_000))
+        assert store.write_problem == problem
+
+        limit.lift()
+        await store.inbox_append("t", "http", bytes(100_000))
+        assert store.write_problem is None
 
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -156,6 +182,18 @@ async def test_journal_numbers_grow_and_are_never_reused_after_a_prune(db: Datab
         after = await store.inbox_append("sensors/factory/data", "http", b"new")
         assert after > seqs[-1]
         assert await store.inbox_after(0) == [(after, "sensors/factory/data", b"new")]
+
+
+async def test_messages_journaled_together_are_kept_all_or_none(db: Database) -> None:
+    async with db.store() as store:
+        first, second = await store.inbox_append_many("t", "http", [b"a", b"b"])
+        assert second == first + 1
+        # The second message refuses to go in (NULL data): the first goes with it.
+        with pytest.raises(StoreError):
+            await store.inbox_append_many("t", "http", [b"c", None])  # type: ignore[list-item]
+        assert [d for _, _, d in await store.inbox_after(0)] == [b"a", b"b"]
+        # A value the database refuses is the caller's problem, not a failing store.
+        assert store.write_problem is None
 
 
 async def test_row_ids_are_64_bit(db: Database) -> None:
@@ -362,6 +400,34 @@ async def test_version_8_links_each_text_to_its_alarms(db: Database) -> None:
         assert store.version == len(MIGRATIONS)
     links = db.sql("SELECT outbox_id, alarm_id FROM sms_outbox_alarms ORDER BY 1, 2")
     assert links == [(1, 3), (1, 5), (3, 5), (3, 9)]
+
+
+async def test_version_10_keeps_one_stored_prediction_per_journaled_record(
+    db: Database,
+) -> None:
+    row = {"agent_id": "pm_agent", "machine_id": 1, "record_ts": 0.0, "level": "NORMAL"}
+
+    def version_9(conn: sa.Connection) -> None:
+        for number, migrate in enumerate(MIGRATIONS[:9], start=1):
+            migrate(conn)
+            conn.execute(schema_version.insert().values(version=number, applied_at=0))
+        old = sa.table("predictions", *(sa.column(k) for k in [*row, "data"]))
+        conn.execute(old.insert(), [{**row, "data": b"old"}, {**row, "data": b"old"}])
+
+    db.run(version_9)
+    async with db.store() as store:
+        assert store.version == len(MIGRATIONS)
+    # Rows from before have no journal position: both are kept.
+    assert db.sql("SELECT data, journal_seq FROM predictions ORDER BY seq") == [
+        (b"old", None),
+        (b"old", None),
+    ]
+    keyed = {**row, "data": b"new", "journal_seq": 7, "journal_index": 3}
+    db.run(lambda conn: conn.execute(predictions.insert().values(**keyed)))
+    db.run(lambda conn: conn.execute(predictions.insert().values(**{**keyed, "agent_id": "x"})))
+    with pytest.raises(sa.exc.IntegrityError):
+        db.run(lambda conn: conn.execute(predictions.insert().values(**keyed)))
+    assert db.sql("SELECT count(*) FROM predictions") == [(4,)]
 
 
 # -- URLs --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from itertools import islice
@@ -31,14 +31,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .. import history
-from ..api import ApiError, json_response, read_json, rejected_response
+from ..api import ApiError, json_response, read_body, read_json, rejected_response
 from ..auth.keys import actor
-from ..data.schema import parse_many
 from ..errors import FactoryError, StoreError
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
 from ..inference import Inference, LatencyWindow
-from ..ingest import REJECTED_TOPIC
+from ..ingest import REJECTED_TOPIC, TELEMETRY_TOPIC
 from ..levels import RANK, worst
+from ..machines import Machines
 from ..messages import RETURN_TO_NORMAL, Alert, Prediction, Rejection, TelemetryRecord
 from ..settings import LEVELS, AgentSettings, Level
 from ..store import Store, audit_change
@@ -65,6 +65,8 @@ class AgentContext:
     max_batch: int = 1024
     max_wait_s: float = 0.002
     max_body_bytes: int = 10_000_000
+    # The same as Intake's: a machine admitted by either is known to both.
+    machines: Machines = field(default_factory=Machines)
 
 
 class Checkpoint(msgspec.Struct, kw_only=True):
@@ -84,6 +86,15 @@ class Checkpoint(msgspec.Struct, kw_only=True):
 
 _checkpoint_encoder = msgspec.msgpack.Encoder()
 _checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+
+
+class _CheckpointSubjects(msgspec.Struct):
+    """Of a checkpoint, only which subjects it keeps state for."""
+
+    last_levels: dict[int | str, Any] = msgspec.field(default_factory=dict)
+
+
+_subjects_decoder = msgspec.msgpack.Decoder(_CheckpointSubjects)
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,13 @@ class BaseAgent(abc.ABC):
         instance = self.ctx.store.instance
         return f"agent:{self.agent_id}@{instance}" if instance else f"agent:{self.agent_id}"
 
+    @property
+    def reads_journal(self) -> bool:
+        """Whether journaled telemetry is this agent's input. Only these agents' cursors
+        may hold the journal back: ppe_agent's never moves (it takes camera frames), and
+        while it ran no row was pruned until ingest refused with 503."""
+        return matches(self.input_filter, TELEMETRY_TOPIC)
+
     async def __aenter__(self) -> BaseAgent:
         await self.start()
         return self
@@ -316,13 +334,30 @@ class BaseAgent(abc.ABC):
             except SubscriptionClosed:
                 return
             fresh = [m for m in messages if not m.seq or m.seq > self.inbox_cursor]
-            await self._process_all(await self.items_of(fresh))
+            await self._score_messages(fresh)
             # Messages arrive in journal order (Intake publishes under one lock).
             self.inbox_cursor = max([self.inbox_cursor, *(m.seq for m in fresh)])
 
-    async def _process_all(self, records: list[Any]) -> None:
-        for start in range(0, len(records), self.ctx.max_batch):
-            await self.process(records[start : start + self.ctx.max_batch])
+    async def _score_messages(self, messages: list[Message]) -> int:
+        """Score the items of hub messages; returns how many there were.
+
+        A journaled record's predictions carry its place in the journal (seq, position),
+        which the stored history is keyed by: a record scored again after a crash is then
+        stored once. items_of passes the payload's own objects on, so they are found by
+        identity; an item it makes anew (a decoded PPE frame) was never journaled.
+        """
+        items = await self.items_of(messages)
+        journaled = {
+            id(item): (m.seq, i)
+            for m in messages
+            if m.seq
+            for i, item in enumerate(m.payload if isinstance(m.payload, list) else [m.payload])
+        }
+        positions = [journaled.get(id(item)) for item in items]
+        step = self.ctx.max_batch
+        for start in range(0, len(items), step):
+            await self.process(items[start : start + step], positions[start : start + step])
+        return len(items)
 
     async def _catch_up(self) -> None:
         """Score journaled records that the restored checkpoint had not covered."""
@@ -337,11 +372,9 @@ class BaseAgent(abc.ABC):
                         except msgspec.DecodeError as exc:
                             log.error("%s: journal row %d unreadable: %s", self.agent_id, seq, exc)
                         else:
-                            items = await self.items_of(
+                            scored += await self._score_messages(
                                 [Message(topic, payload, "journal", seq=seq)]
                             )
-                            await self._process_all(items)
-                            scored += len(items)
                     self.inbox_cursor = seq
         except StoreError as exc:
             log.error(
@@ -378,8 +411,13 @@ class BaseAgent(abc.ABC):
             r for m in messages for r in (m.payload if isinstance(m.payload, list) else [m.payload])
         ]
 
-    async def process(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
-        """Score, remember, alert and publish; returns the predictions."""
+    async def process(
+        self,
+        records: Sequence[TelemetryRecord],
+        positions: Sequence[tuple[int, int] | None] = (),
+    ) -> list[Prediction]:
+        """Score, remember, alert and publish; returns the predictions. `positions`:
+        each journaled record's (journal seq, position in that row), None for the others."""
         if not records:
             return []
         try:
@@ -394,6 +432,10 @@ class BaseAgent(abc.ABC):
         if self._failing:
             self._failing = False
             log.info("%s: scoring recovered", self.agent_id)
+        if len(positions) == len(predictions):  # one prediction per record, in order
+            for p, at in zip(predictions, positions, strict=True):
+                if at is not None:
+                    p.journal_seq, p.journal_index = at
         alerts = self._remember(predictions)
         await self.ctx.hub.publish(self.topic_predictions, predictions, origin=self.agent_id)
         for alert in alerts:
@@ -435,6 +477,16 @@ class BaseAgent(abc.ABC):
         return alerts
 
     # -- checkpoints -------------------------------------------------------------------
+
+    async def saved_machines(self) -> list[int]:
+        """The machines this agent's checkpoint keeps state for, read without restoring
+        it (before the agent starts, so that limits.max_machines counts them)."""
+        try:
+            raw = await self.ctx.store.load_checkpoint(self.checkpoint_name)
+            saved = _subjects_decoder.decode(raw) if raw is not None else _CheckpointSubjects()
+        except (StoreError, msgspec.DecodeError):
+            return []  # _restore says why, when the agent starts
+        return [subject for subject in saved.last_levels if isinstance(subject, int)]
 
     async def _restore(self) -> None:
         try:
@@ -617,6 +669,8 @@ class BaseAgent(abc.ABC):
     async def _switch(self, request: Request, *, on: bool) -> Response:
         """Start or stop, audited like a settings change (the SCADA `enabled` point does
         the same through `set_running`, and needs the same role: admin)."""
+        # Nothing is read from the body, but a huge one is refused as on every other route.
+        await read_body(request, self.ctx.max_body_bytes)
         action = "start" if on else "stop"
         error = None
         try:
@@ -672,7 +726,7 @@ class BaseAgent(abc.ABC):
         )
 
     def parse_request(self, items: list[Any]) -> tuple[list[TelemetryRecord], list[Rejection]]:
-        return parse_many(items, source=f"http:{self.slug}")
+        return self.ctx.machines.parse(items, source=f"http:{self.slug}")
 
     async def predict_route(self, request: Request) -> Response:
         body = await read_json(request, self.ctx.max_body_bytes)

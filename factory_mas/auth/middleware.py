@@ -106,7 +106,9 @@ class AuthMiddleware:
         try:
             principal = await self._lookup(key)
         except StoreError as exc:
-            raise Denied(503, f"API keys cannot be checked now: {exc}", "store down") from None
+            raise Denied(
+                503, f"API keys cannot be checked now: {exc.public}", f"store down: {exc}"
+            ) from None
         if principal is None:
             raise Denied(
                 401,

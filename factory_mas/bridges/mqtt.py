@@ -228,7 +228,7 @@ class MqttBridge:
                     self._outbox_rows += len(durable)
                     break
                 except StoreError as exc:
-                    self.last_error = f"store: {exc}"
+                    self.last_error = exc.public
                     log.error("mqtt: cannot keep outgoing messages, retrying: %s", exc)
                     await asyncio.sleep(1.0)
             self._wake_out.set()
@@ -411,7 +411,7 @@ class MqttBridge:
                 self.counters["received_records"] += len(items)
                 break
             except StoreError as exc:
-                self.last_error = f"store: {exc}"
+                self.last_error = exc.public
                 log.error("mqtt: cannot journal telemetry, holding it: %s", exc)
                 await asyncio.sleep(1.0)
 

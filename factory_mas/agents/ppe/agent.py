@@ -20,7 +20,7 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...api import ApiError, read_body
+from ...api import ApiError, json_response, read_body
 from ...hub import Message
 from ...ingest import REJECTED_TOPIC
 from ...messages import Alert, Prediction, Rejection
@@ -34,7 +34,8 @@ from .frames import (
     FrameError,
     Limits,
     check_camera_id,
-    frames_of_body,
+    frames_in_body,
+    frames_of_objects,
     frames_of_payload,
     looks_like_json,
     to_model_input,
@@ -213,7 +214,8 @@ class PpeAgent(BaseAgent):
 
     async def predict_route(self, request: Request) -> Response:
         """POST a JPEG, PNG or WebP body (camera from ?camera_id=), or JSON
-        {"image": base64, "camera_id"?, "timestamp"?}, or a JSON array of those."""
+        {"image": base64, "camera_id"?, "timestamp"?}, or a JSON array of at most
+        max_frames_per_request of those."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         is_image = content_type in IMAGE_CONTENT_TYPES
         is_json = content_type == "application/json" or content_type.endswith("+json")
@@ -239,23 +241,50 @@ class PpeAgent(BaseAgent):
             )
         as_json = is_json or (not is_image and looks_like_json(body))
         try:
-            single, parsed = await self.ctx.inference.run(
-                frames_of_body, body, as_json, camera, self.limits
+            single, items = await self.ctx.inference.run(
+                frames_in_body, body, as_json, self.settings.max_frames_per_request
             )
         except FrameError as exc:
             raise ApiError(exc.status, exc.code, str(exc)) from None
+        del body  # the items hold what is left to decode
 
-        frames = [f for f in parsed if isinstance(f, Frame)]
-        rejections = [
-            self._rejection(e, f"http:{self.slug}", i, {"camera_id": camera})
-            for i, e in enumerate(parsed)
-            if isinstance(e, FrameError)
-        ]
-        if rejections:
-            await self._reject(rejections)
-        if not frames:
-            first = next(e for e in parsed if isinstance(e, FrameError))
-            detail = str(first) if single else f"frame {rejections[0].index}: {first}"
+        # Decoded and scored one batch at a time: decoding all of a 10,000-frame request
+        # first, then scoring it in one model call, grew the process by 3 GB and the
+        # interpreter kept its tensors at that size.
+        predictions: list[Prediction] = []
+        rejections: list[Rejection] = []
+        first_error: FrameError | None = None
+        step = self.ctx.max_batch
+        for start in range(0, len(items), step):
+            parsed = await self.ctx.inference.run(
+                frames_of_objects, items[start : start + step], camera, self.limits
+            )
+            errors = [(start + i, e) for i, e in enumerate(parsed) if isinstance(e, FrameError)]
+            if errors:
+                first_error = first_error or errors[0][1]
+                bad = [
+                    self._rejection(e, f"http:{self.slug}", i, {"camera_id": camera})
+                    for i, e in errors
+                ]
+                await self._reject(bad)
+                rejections.extend(bad)
+            frames = [f for f in parsed if isinstance(f, Frame)]
+            if frames:
+                scored = await self.process(frames)
+                if not scored:
+                    raise ApiError(
+                        500,
+                        "scoring_failed",
+                        f"{self.agent_id} could not score the request; see the log",
+                    )
+                predictions.extend(scored)
+        if not predictions:
+            assert first_error is not None  # every frame was refused
+            detail = str(first_error) if single else f"frame {rejections[0].index}: {first_error}"
             extra = {} if single else {"errors": rejections}
-            raise ApiError(first.status, first.code, detail, field=first.field, **extra)
-        return await self.scored_response(frames, rejections, single)
+            raise ApiError(
+                first_error.status, first_error.code, detail, field=first_error.field, **extra
+            )
+        if single:
+            return json_response(predictions[0])
+        return json_response({"predictions": predictions, "rejected": rejections})

@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,8 +36,13 @@ DEFAULT_CAMERA = "default"
 # the MQTT separators or wildcards.
 _CAMERA_ID = re.compile(r"[^/+#\x00-\x1f\x7f]{1,64}")
 _DATA_URL = re.compile(r"data:[\w/+.-]*;base64,")
-# What Pillow raises on corrupt or truncated data, depending on the format and the stage.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# What Pillow raises on corrupt or truncated data, depending on the format and the stage;
+# struct.error comes from a corrupt EXIF block, met when the frame is turned upright.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+# Pillow's own guard against decompression bombs, from the header: it warns above 89
+# million pixels and raises above twice that, before our smaller limit is looked at. Under
+# `-W error` the warning is raised too.
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class FrameError(RecordError):
@@ -103,17 +109,14 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
             "undecodable_image",
             field="image",
         ) from None
+    except _BOMB_ERRORS as exc:
+        raise _too_many_pixels(f"its header claims more ({exc})", limits) from None
     except _DECODE_ERRORS as exc:
         raise _undecodable(exc) from None
     with image:
         width, height = image.size
         if width * height > limits.max_pixels:
-            raise FrameError(
-                f"the image is {width}x{height} pixels, the limit is {limits.max_pixels} pixels",
-                "image_too_large",
-                413,
-                field="image",
-            )
+            raise _too_many_pixels(f"its header says {width}x{height}", limits)
         side = max(limits.size)
         try:
             # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: a 4K frame bound for a
@@ -122,6 +125,16 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
             return to_model_input(ImageOps.exif_transpose(image), limits.size)
         except _DECODE_ERRORS as exc:
             raise _undecodable(exc) from None
+
+
+def _too_many_pixels(claim: str, limits: Limits) -> FrameError:
+    return FrameError(
+        f"the image is too large: {claim}, the limit is {limits.max_pixels} pixels "
+        "(agents.ppe.max_image_pixels)",
+        "image_too_large",
+        413,
+        field="image",
+    )
 
 
 def _undecodable(exc: BaseException) -> FrameError:
@@ -190,11 +203,15 @@ def parse_json(body: bytes) -> Any:
 def frames_of_objects(
     objects: Sequence[Any], camera_id: str, limits: Limits
 ) -> list[Frame | FrameError]:
-    """One Frame or FrameError per object, in order, so errors keep their index."""
+    """One Frame or FrameError per object (a JSON frame, or the bytes of an image), in
+    order, so errors keep their index."""
     out: list[Frame | FrameError] = []
     for obj in objects:
         try:
-            out.append(frame_of_object(obj, camera_id, limits))
+            if isinstance(obj, bytes):
+                out.append(Frame(camera_id, decode_image(obj, limits)))
+            else:
+                out.append(frame_of_object(obj, camera_id, limits))
         except FrameError as exc:
             out.append(exc)
     return out
@@ -221,21 +238,26 @@ def frames_of_payload(payload: Any, camera_id: str, limits: Limits) -> list[Fram
     return frames_of_objects(payload if isinstance(payload, list) else [payload], camera_id, limits)
 
 
-def frames_of_body(
-    body: bytes, as_json: bool, camera_id: str, limits: Limits
-) -> tuple[bool, list[Frame | FrameError]]:
-    """An HTTP request body: whether it held a single frame, and its Frames and FrameErrors.
+def frames_in_body(body: bytes, as_json: bool, max_frames: int) -> tuple[bool, list[Any]]:
+    """An HTTP request body split into its frames, none decoded yet (frames_of_objects
+    takes them): whether it held a single frame, and each frame's JSON object, or the
+    body itself when it is an image.
 
-    Raises FrameError for a body that is unusable as a whole (invalid JSON, empty array).
+    Raises FrameError for a body that is unusable as a whole: invalid JSON, an empty
+    array, or more than `max_frames` frames (413, before any image is decoded).
     """
     if not as_json:
-        try:
-            return True, [Frame(camera_id, decode_image(body, limits))]
-        except FrameError as exc:
-            return True, [exc]
+        return True, [body]
     obj = parse_json(body)
     if not isinstance(obj, list):
-        return True, frames_of_objects([obj], camera_id, limits)
+        return True, [obj]
     if not obj:
         raise FrameError("the array holds no frames", "empty_batch", 400)
-    return False, frames_of_objects(obj, camera_id, limits)
+    if len(obj) > max_frames:
+        raise FrameError(
+            f"the array holds {len(obj)} frames, the limit is {max_frames} "
+            "(agents.ppe.max_frames_per_request); send them in smaller requests",
+            "too_many_frames",
+            413,
+        )
+    return False, obj
