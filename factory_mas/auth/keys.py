@@ -156,14 +156,16 @@ def revoke(conn: Connection, id_or_prefix: str, by: str, origin: str = "cli") ->
     return dict(conn.execute(sa.select(api_keys).where(api_keys.c.id == row.id)).one()._mapping)
 
 
+# What a principal is made of, for keys not revoked.
+_ACTIVE = sa.select(
+    api_keys.c.id, api_keys.c.name, api_keys.c.role, api_keys.c.prefix, api_keys.c.key_hash
+).where(api_keys.c.revoked_at.is_(None))
+
+
 def find(conn: Connection, key: str, touch: bool = True) -> Principal | None:
     """The active key's principal, or None; marks it used (callers cache the answer, so
     this runs about once per key per cache period, not per request)."""
-    row = conn.execute(
-        sa.select(api_keys.c.id, api_keys.c.name, api_keys.c.role, api_keys.c.prefix).where(
-            api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
-        )
-    ).first()
+    row = conn.execute(_ACTIVE.where(api_keys.c.key_hash == hash_key(key))).first()
     if row is None or row.role not in RANK:
         return None
     if touch:
@@ -176,14 +178,9 @@ def find(conn: Connection, key: str, touch: bool = True) -> Principal | None:
 def active(conn: Connection) -> dict[str, Principal]:
     """Every active key's principal by the key's hash: for servers whose login check
     cannot wait for the store (OPC UA's is synchronous), kept in memory and refreshed."""
-    rows = conn.execute(
-        sa.select(
-            api_keys.c.id, api_keys.c.name, api_keys.c.role, api_keys.c.prefix, api_keys.c.key_hash
-        ).where(api_keys.c.revoked_at.is_(None))
-    )
     return {
         row.key_hash: Principal(row.name, row.role, row.id, row.prefix)
-        for row in rows
+        for row in conn.execute(_ACTIVE)
         if row.role in RANK
     }
 
