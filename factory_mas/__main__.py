@@ -39,7 +39,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import build_app, check_role
-    from .server import uvicorn_options
+    from .http.server import uvicorn_options
 
     # Folded into the settings, so everything derived from them (the default instance id
     # and MQTT client id name the port) agrees with what is served.
@@ -85,7 +85,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     import httpx
 
-    from .replay import Replay
+    from .ingest.replay import Replay
 
     mqtt_only = [
         name
@@ -125,7 +125,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     replay_settings = msgspec.structs.replace(settings.replay, **overrides)
     keep = None
     if args.only is not None:
-        from .bridges.publish import only_machines, parse_machine_ids
+        from .ingest.publish import only_machines, parse_machine_ids
 
         try:
             machine_ids = parse_machine_ids(args.only)
@@ -211,14 +211,14 @@ def _replay_mqtt(
     args: argparse.Namespace,
     keep: Callable[[dict[str, Any]], bool] | None,
 ) -> int:
-    from .bridges.publish import (
+    from .ingest.publish import (
         MqttPublisher,
         ReplaySink,
         parse_broker,
         progress_line,
     )
-    from .ingest import TELEMETRY_TOPIC
-    from .replay import Replay
+    from .ingest.replay import Replay
+    from .topics import TELEMETRY
 
     mqtt = settings.mqtt
     try:
@@ -235,7 +235,7 @@ def _replay_mqtt(
         return 2
     mqtt = msgspec.structs.replace(mqtt, broker=host, port=port)
     per_machine = args.per_machine_topics
-    topic = f"{TELEMETRY_TOPIC}/<machine_id>" if per_machine else TELEMETRY_TOPIC
+    topic = f"{TELEMETRY}/<machine_id>" if per_machine else TELEMETRY
     state: dict[str, Any] = {"publisher": None, "started": time.monotonic(), "width": 0}
 
     def show() -> None:

@@ -42,32 +42,33 @@ from .agents.energy.agent import EnergyAgent
 from .agents.pm.agent import PmAgent
 from .agents.ppe.agent import PpeAgent
 from .agents.safety.agent import SafetyAgent
-from .api import EXCEPTION_HANDLERS, ApiError, configure_json_limits, json_response
 from .auth import AuthMiddleware, ensure_first_key
 from .auth.routes import AuthRoutes
 from .backlog.service import BacklogAgent
-from .bridges.mqtt import ALERTS_FILTER, PREDICTIONS_FILTER, MqttBridge
+from .bridges.mqtt import MqttBridge
 from .bridges.scada.service import ScadaBridge
 from .configure import Configurator
 from .errors import FactoryError, SettingsError
 from .history import HistoryWriter, StoredHistory
+from .http.api import EXCEPTION_HANDLERS, ApiError, configure_json_limits, json_response
+from .http.dashboard import ingest_routes
+from .http.dashboard import routes as web_routes
+from .http.limits import ProxyHeadersMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
+from .http.metrics import Metrics
 from .hub import Hub
-from .inference import Inference
-from .ingest import Intake
-from .limits import ProxyHeadersMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
+from .ingest.intake import Intake
+from .ingest.machines import Machines
+from .ingest.replay import CameraReplay, Replay
 from .logs import RequestIdMiddleware
-from .machines import Machines
-from .metrics import Metrics
+from .ml.inference import Inference
 from .notify import Notifier
 from .orchestrator.routes import OrchestratorRoutes
 from .orchestrator.service import Orchestrator
 from .planner import Planner
-from .replay import CameraReplay, Replay
 from .settings import MqttSettings, Role, Settings
 from .store import Store
 from .tasks import cancel
-from .web_routes import ingest_routes
-from .web_routes import routes as web_routes
+from .topics import ALERTS_FILTER, PREDICTIONS_FILTER
 
 log = logging.getLogger(__name__)
 JOURNAL_PRUNE_S = 30.0

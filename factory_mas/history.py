@@ -34,18 +34,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .api import ApiError, json_response, query_int, query_time
 from .errors import StoreError
+from .http.api import ApiError, json_response, query_int, query_time
 from .hub import Hub, Message, Overflow, Subscription, SubscriptionClosed
 from .messages import Prediction
 from .store import Store, predictions
 from .tasks import cancel
 from .times import epoch
+from .topics import PREDICTIONS_TREE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TOPIC_FILTER = "predictions/#"
 MARKS_CHECKPOINT = "history:retention"
 # Each store call holds the store's single thread, which ingest journaling also needs:
 # big jobs (a backlog after an outage, a long prune, a wide query) go in slices.
@@ -362,7 +362,7 @@ class HistoryWriter:
     async def __aenter__(self) -> HistoryWriter:
         await self._load_marks()
         self._sub = self.hub.subscribe(
-            TOPIC_FILTER, name="history", maxsize=self.queue_size, overflow=Overflow.DROP_OLDEST
+            PREDICTIONS_TREE, name="history", maxsize=self.queue_size, overflow=Overflow.DROP_OLDEST
         )
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="history:write"),

@@ -27,14 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import FactoryError
+from .topics import PROTECTED_FILTERS
 
-PROTECTED_FILTERS = (
-    "alerts/#",
-    "orchestrator/decisions",
-    "orchestrator/alarms",
-    "config/#",
-    "backlog/#",
-)
 _TOPIC_CACHE_MAX = 10_000
 _STATS_TOPICS_MAX = 2_000
 

@@ -1,8 +1,11 @@
-"""Severity levels shared by every agent."""
+"""Severity levels shared by every agent, alarm and point: the domain's own vocabulary."""
 
 from __future__ import annotations
 
-from .settings import LEVELS, Level
+from typing import Literal
+
+Level = Literal["NORMAL", "CAUTION", "WARNING", "CRITICAL", "EMERGENCY"]
+LEVELS: tuple[Level, ...] = ("NORMAL", "CAUTION", "WARNING", "CRITICAL", "EMERGENCY")
 
 RANK: dict[str, int] = {level: i for i, level in enumerate(LEVELS)}
 

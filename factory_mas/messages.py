@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from .settings import Level
+from .levels import Level
 
 OperationMode = Literal["Active", "Idle", "Maintenance"]
 EfficiencyStatus = Literal["Low", "Medium", "High"]

@@ -24,10 +24,9 @@ import msgspec
 from msgspec import Meta, Struct, field
 from msgspec import inspect as mi
 
+from . import topics
 from .errors import SettingsError
-
-Level = Literal["NORMAL", "CAUTION", "WARNING", "CRITICAL", "EMERGENCY"]
-LEVELS: tuple[Level, ...] = ("NORMAL", "CAUTION", "WARNING", "CRITICAL", "EMERGENCY")
+from .levels import LEVELS, Level
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -424,21 +423,21 @@ class MqttSettings(_Section):
     # Broker topics taken into the hub, and hub topics given to the broker (MQTT filters).
     subscribe: list[str] = field(
         default_factory=lambda: [
-            "sensors/factory/data",
-            "sensors/factory/data/+",
-            "sensors/factory/ppe/+",
-            "config/+",
+            topics.TELEMETRY,
+            topics.TELEMETRY_PER_MACHINE,
+            topics.PPE_FRAMES_FILTER,
+            topics.CONFIG_REQUESTS_FILTER,
         ]
     )
     publish: list[str] = field(
         default_factory=lambda: [
-            "predictions/+",
-            "alerts/+",
-            "orchestrator/decisions",
-            "orchestrator/alarms",
-            "backlog/shift_summary",
-            "config/+/result",
-            "sensors/factory/rejected",
+            topics.PREDICTIONS_FILTER,
+            topics.ALERTS_FILTER,
+            topics.DECISIONS,
+            topics.ALARMS,
+            topics.SHIFT_SUMMARY,
+            topics.CONFIG_RESULTS_FILTER,
+            topics.REJECTED,
         ]
     )
     # Several instances with the same group split the telemetry ($share/<group>/...).

@@ -21,7 +21,7 @@ import pytest
 from factory_mas.agents.base import AgentContext
 from factory_mas.app import Components, build_app
 from factory_mas.hub import Hub
-from factory_mas.inference import Inference
+from factory_mas.ml.inference import Inference
 from factory_mas.settings import Settings, load_settings
 from factory_mas.store import Store
 

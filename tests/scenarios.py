@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factory_mas.data.synthetic import FactorySimulator, Frame
+from factory_mas.sim.synthetic import FactorySimulator, Frame
 
 
 def one_machine(columns: dict[str, np.ndarray], rows: np.ndarray) -> list[dict]:

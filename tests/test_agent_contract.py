@@ -34,14 +34,14 @@ from factory_mas.agents.base import EVERYTHING, AgentContext, BaseAgent
 from factory_mas.agents.conditioning import Gate, gate_prediction
 from factory_mas.agents.pm import logic
 from factory_mas.agents.pm.agent import PmAgent
-from factory_mas.api import EXCEPTION_HANDLERS
-from factory_mas.data.schema import parse_record
-from factory_mas.data.synthetic import FactorySimulator
+from factory_mas.http.api import EXCEPTION_HANDLERS
+from factory_mas.http.ws import WsClient
 from factory_mas.hub import Subscription
-from factory_mas.levels import RANK
+from factory_mas.ingest.schema import parse_record
+from factory_mas.levels import LEVELS, RANK
 from factory_mas.messages import RETURN_TO_NORMAL, Alert, Prediction, TelemetryRecord
-from factory_mas.settings import LEVELS, AgentSettings, Settings
-from factory_mas.ws import WsClient
+from factory_mas.settings import AgentSettings, Settings
+from factory_mas.sim.synthetic import FactorySimulator
 
 from .conftest import agent_context, free_port, record, until
 

@@ -29,7 +29,7 @@ def leaks(text: str, settings: Settings) -> list[str]:
 async def test_a_failing_store_answers_503_in_general_terms(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="factory_mas.api")
+    caplog.set_level(logging.ERROR, logger="factory_mas.http.api")
     db = settings.data_dir / "factory.db"
     async with running_app(settings) as (_c, client):
         with sqlite3.connect(db) as conn:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from factory_mas.data.schema import parse_record
+from factory_mas.ingest.schema import parse_record
 
 from .conftest import free_port, wait_until
 

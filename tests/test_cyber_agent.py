@@ -18,8 +18,8 @@ import pytest
 from factory_mas.agents.base import Checkpoint
 from factory_mas.agents.cyber import logic
 from factory_mas.agents.cyber.agent import CyberAgent
-from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.settings import AgentSettings, DataSettings, Settings
+from factory_mas.sim.synthetic import FactorySimulator
 
 from .conftest import record, running_app, without_off_delay
 from .scenarios import Episode, attack_episode, one_machine

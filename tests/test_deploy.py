@@ -255,7 +255,7 @@ from factory_mas.settings import load_settings
 print(json.dumps({
     "training": {n: importlib.util.find_spec(n) is not None for n in json.loads(sys.argv[1])},
     "package": factory_mas.app.__file__,
-    "dashboard": (importlib.resources.files("factory_mas") / "web" / "index.html").is_file(),
+    "dashboard": (importlib.resources.files("factory_mas.http") / "static/index.html").is_file(),
     "default_models_dir_exists": load_settings(env={}).models_dir.is_dir(),
 }))
 """
@@ -320,7 +320,7 @@ def test_slowest_fresh_venv_without_extras_serves_and_passes_the_healthcheck(tmp
     found = json.loads(probe.stdout)
     assert found["training"] == dict.fromkeys(TRAINING_ONLY, False)
     assert Path(found["package"]).resolve().is_relative_to(venv.resolve())
-    assert found["dashboard"], "web/ is missing from the wheel"
+    assert found["dashboard"], "http/static/ is missing from the wheel"
     # Why the image sets FACTORY_MODELS_DIR: an installed package finds no artifacts/.
     assert found["default_models_dir_exists"] is False
 

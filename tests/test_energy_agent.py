@@ -21,9 +21,9 @@ import pytest
 
 from factory_mas.agents.base import Checkpoint
 from factory_mas.agents.energy.agent import EnergyAgent
-from factory_mas.data.synthetic import FactorySimulator, Frame
 from factory_mas.levels import RANK
 from factory_mas.settings import AgentSettings, Settings
+from factory_mas.sim.synthetic import FactorySimulator, Frame
 
 from .conftest import REPO, record, running_app
 from .test_agent_contract import AgentContract, drain, validated

@@ -16,7 +16,7 @@ from factory_mas.agents.energy.model import EnergyModel
 from factory_mas.agents.pm.model import PmModel
 from factory_mas.agents.safety.model import SafetyModel
 from factory_mas.errors import ArtifactError
-from factory_mas.forest import (
+from factory_mas.ml.forest import (
     FORMAT,
     MAX_SLOTS,
     ForestClassifier,

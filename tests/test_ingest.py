@@ -7,8 +7,8 @@ import math
 
 import msgspec
 
-from factory_mas.data.schema import parse_many
-from factory_mas.ingest import CHUNK
+from factory_mas.ingest.intake import CHUNK
+from factory_mas.ingest.schema import parse_many
 from factory_mas.settings import Settings
 
 from .conftest import record, running_app, until

@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from factory_mas import api
 from factory_mas.app import Components, build_app
 from factory_mas.bridges.scada.live import Writes
 from factory_mas.bridges.scada.points import build_points
-from factory_mas.limits import (
+from factory_mas.http import api
+from factory_mas.http.limits import (
     CSP,
     ClientAllowList,
     ProxyHeadersMiddleware,
@@ -344,7 +344,7 @@ def test_allow_list_matches_addresses_and_networks_and_logs_once(
     allow = ClientAllowList(["10.0.0.0/8", "192.0.2.5", "2001:db8::/32"], "modbus")
     assert allow.allows("10.1.2.3") and allow.allows("192.0.2.5")
     assert allow.allows("::ffff:10.9.9.9") and allow.allows("2001:db8::1")
-    with caplog.at_level("WARNING", logger="factory_mas.limits"):
+    with caplog.at_level("WARNING", logger="factory_mas.http.limits"):
         for _ in range(3):
             assert not allow.allows("192.0.2.6")
         assert not allow.allows(None) and not allow.allows("not-an-ip")

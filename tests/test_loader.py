@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from factory_mas.data.loader import CsvError, read_batches
-from factory_mas.data.schema import CSV_HEADERS, parse_record
 from factory_mas.errors import FactoryError
+from factory_mas.ingest.csv_reader import CsvError, read_batches
+from factory_mas.ingest.schema import CSV_HEADERS, parse_record
 
 HEADER = ",".join(CSV_HEADERS)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from factory_mas.machines import Machines
+from factory_mas.ingest.machines import Machines
 from factory_mas.settings import Settings, load_settings
 
 from .conftest import REPO, TEST_ENV, record, running_app

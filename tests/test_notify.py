@@ -13,11 +13,12 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from factory_mas.api import EXCEPTION_HANDLERS
+from factory_mas.http.api import EXCEPTION_HANDLERS
+from factory_mas.levels import Level
 from factory_mas.messages import Decision, Notified, Plan
 from factory_mas.notify import Notifier, outbox, redact
 from factory_mas.notify.outbox import OutboxMessage
-from factory_mas.settings import Level, NotifySettings
+from factory_mas.settings import NotifySettings
 from factory_mas.store import Store, sqlite_url
 
 from .conftest import free_port

@@ -16,7 +16,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from factory_mas.api import EXCEPTION_HANDLERS
+from factory_mas.http.api import EXCEPTION_HANDLERS
 from factory_mas.messages import Alarm
 from factory_mas.planner import Planner
 from factory_mas.settings import PlannerSettings

@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from factory_mas.agents.pm import logic
-from factory_mas.levels import RANK, worst
-from factory_mas.settings import LEVELS, PmSettings
+from factory_mas.levels import LEVELS, RANK, worst
+from factory_mas.settings import PmSettings
 
 DEFAULT = PmSettings()
 # Deliberately unlike the defaults, to show the thresholds come from settings.

@@ -15,9 +15,9 @@ from sklearn.metrics import roc_auc_score
 from factory_mas.agents.base import AgentContext
 from factory_mas.agents.pm.agent import PmAgent
 from factory_mas.agents.pm.model import AGENT_ID, FEATURES, RUL_CAP_HOURS, PmModel, features
-from factory_mas.artifacts import MANIFEST, sha256_file
-from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.errors import ArtifactError
+from factory_mas.ml.artifacts import MANIFEST, sha256_file
+from factory_mas.sim.synthetic import FactorySimulator
 
 from .conftest import ARTIFACTS, agent_context
 

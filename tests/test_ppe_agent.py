@@ -26,10 +26,10 @@ from PIL import Image
 from factory_mas.agents.ppe.agent import PpeAgent
 from factory_mas.agents.ppe.model import PpeModel
 from factory_mas.app import Components
-from factory_mas.data.ppe_images import render_worker
 from factory_mas.errors import ArtifactError
-from factory_mas.inference import LiteRtModel
+from factory_mas.ml.inference import LiteRtModel
 from factory_mas.settings import Settings, load_settings
+from factory_mas.sim.ppe_images import render_worker
 
 from .conftest import ARTIFACTS, REPO, TEST_ENV, running_app, without_off_delay
 from .test_agent_contract import collect, drain

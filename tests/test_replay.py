@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
-from factory_mas.data.schema import CSV_HEADERS, parse_record
 from factory_mas.hub import Hub, Subscription
-from factory_mas.ingest import REJECTED_TOPIC, TELEMETRY_TOPIC, Intake
-from factory_mas.replay import CameraReplay, Replay
+from factory_mas.ingest.intake import Intake
+from factory_mas.ingest.replay import CameraReplay, Replay
+from factory_mas.ingest.schema import CSV_HEADERS, parse_record
 from factory_mas.settings import ReplaySettings
+from factory_mas.topics import REJECTED as REJECTED_TOPIC
+from factory_mas.topics import TELEMETRY as TELEMETRY_TOPIC
 
 from .conftest import until
 

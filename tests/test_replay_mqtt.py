@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from factory_mas.data.schema import parse_record
+from factory_mas.ingest.schema import parse_record
 
 from .conftest import free_port, wait_until
 

@@ -34,7 +34,7 @@ from factory_mas.app import DEFAULT_SHARED_GROUP, ROLE_RUNS, build_app
 from factory_mas.bench.pipeline import trigger_record
 from factory_mas.bridges import mqtt
 from factory_mas.hub import Hub
-from factory_mas.inference import Inference
+from factory_mas.ml.inference import Inference
 from factory_mas.settings import Settings, load_settings
 from factory_mas.store import Store, database_url, sqlite_url
 

@@ -11,9 +11,9 @@ import pytest
 
 from factory_mas.agents.safety import logic
 from factory_mas.agents.safety.agent import SafetyAgent
-from factory_mas.data.synthetic import DEFAULT_PARAMS, FactorySimulator
 from factory_mas.levels import RANK
 from factory_mas.settings import AgentSettings, Settings
+from factory_mas.sim.synthetic import DEFAULT_PARAMS, FactorySimulator
 
 from .conftest import record
 from .test_agent_contract import AgentContract, drain, validated

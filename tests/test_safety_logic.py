@@ -7,7 +7,8 @@ import pytest
 from factory_mas.agents.safety import logic
 from factory_mas.agents.safety.model import HAZARDS
 from factory_mas.errors import SettingsError
-from factory_mas.settings import LEVELS, SafetySettings, load_settings
+from factory_mas.levels import LEVELS
+from factory_mas.settings import SafetySettings, load_settings
 
 DEFAULT = SafetySettings()
 # Deliberately unlike the defaults, to show the rules read the settings.

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import msgspec
 import pytest
 
-from factory_mas.data.schema import CSV_HEADERS, parse_many, parse_record
 from factory_mas.errors import FactoryError, RecordError
+from factory_mas.ingest.schema import CSV_HEADERS, parse_many, parse_record
 from factory_mas.messages import Rejection, TelemetryRecord
 
 # One row as the Kaggle CSV reader yields it: header names, every cell a string.

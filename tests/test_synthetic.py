@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from factory_mas.data.synthetic import (
+from factory_mas.sim.synthetic import (
     COLUMNS,
     LABELS,
     FactorySimulator,

@@ -18,9 +18,9 @@ from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomFore
 from factory_mas.agents.cyber.model import FEATURES as CYBER_FEATURES
 from factory_mas.agents.cyber.model import CyberModel
 from factory_mas.agents.pm.model import AGENT_ID, FEATURES, RUL_CAP_HOURS, PmModel, features
-from factory_mas.artifacts import MANIFEST, sha256_file
-from factory_mas.data.synthetic import FactorySimulator
 from factory_mas.errors import ArtifactError
+from factory_mas.ml.artifacts import MANIFEST, sha256_file
+from factory_mas.sim.synthetic import FactorySimulator
 from factory_mas.training.pm import train_pm
 from factory_mas.training.upgrade import upgrade
 

@@ -19,8 +19,8 @@ from factory_mas.agents.cyber.model import features as cyber_features
 from factory_mas.agents.safety.model import CLASSES, SafetyModel
 from factory_mas.agents.safety.model import FEATURES as SAFETY_FEATURES
 from factory_mas.agents.safety.model import features as safety_features
-from factory_mas.artifacts import MANIFEST, sha256_file
-from factory_mas.data.synthetic import FactorySimulator
+from factory_mas.ml.artifacts import MANIFEST, sha256_file
+from factory_mas.sim.synthetic import FactorySimulator
 from factory_mas.training import TRAINERS
 from factory_mas.training.cyber import best_f1_threshold, robust_spread, train_cyber
 from factory_mas.training.safety import train_safety

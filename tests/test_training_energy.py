@@ -23,9 +23,9 @@ from factory_mas.agents.energy.model import (
     anomaly_features,
     encode,
 )
-from factory_mas.artifacts import MANIFEST, sha256_file
-from factory_mas.data.synthetic import FactorySimulator
-from factory_mas.inference import LiteRtModel
+from factory_mas.ml.artifacts import MANIFEST, sha256_file
+from factory_mas.ml.inference import LiteRtModel
+from factory_mas.sim.synthetic import FactorySimulator
 from factory_mas.training.common import to_tflite
 from factory_mas.training.energy import (
     WINDOW,

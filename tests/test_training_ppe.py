@@ -15,10 +15,10 @@ import pytest
 
 from factory_mas.agents.ppe.logic import ITEMS
 from factory_mas.agents.ppe.model import AGENT_ID, FEATURES, LABELS_FILE, MODEL_FILE, PpeModel
-from factory_mas.artifacts import MANIFEST, load_entry
-from factory_mas.data.ppe_images import render_set
 from factory_mas.errors import ArtifactError
-from factory_mas.inference import LiteRtModel
+from factory_mas.ml.artifacts import MANIFEST, load_entry
+from factory_mas.ml.inference import LiteRtModel
+from factory_mas.sim.ppe_images import render_set
 from factory_mas.training.common import to_tflite
 from factory_mas.training.ppe import fit, train_ppe
 

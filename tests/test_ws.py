@@ -18,9 +18,9 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from factory_mas.server import uvicorn_options
+from factory_mas.http.server import uvicorn_options
+from factory_mas.http.ws import WsClient, broadcast, frame, stream
 from factory_mas.settings import Settings
-from factory_mas.ws import WsClient, broadcast, frame, stream
 
 from .conftest import free_port, until
 

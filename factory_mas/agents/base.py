@@ -30,20 +30,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from .. import history
-from ..api import ApiError, json_response, read_body, read_json, rejected_response
+from .. import history, topics
 from ..auth.keys import actor
 from ..errors import FactoryError, StoreError
+from ..http.api import ApiError, json_response, read_body, read_json, rejected_response
+from ..http.ws import WsClient, frame, stream
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
-from ..inference import Inference, LatencyWindow
-from ..ingest import REJECTED_TOPIC, TELEMETRY_TOPIC
-from ..levels import RANK, worst
-from ..machines import Machines
+from ..ingest.machines import Machines
+from ..levels import LEVELS, RANK, Level, worst
 from ..messages import RETURN_TO_NORMAL, Alert, Prediction, Rejection, TelemetryRecord
-from ..settings import LEVELS, AgentSettings, Level
+from ..ml.inference import Inference, LatencyWindow
+from ..settings import AgentSettings
 from ..store import Store, audit_change
 from ..tasks import cancel
-from ..ws import WsClient, frame, stream
 from .conditioning import Conditioner, Gate, SubjectMemory, gate_prediction
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ EVERYTHING = Subject()
 class BaseAgent(abc.ABC):
     agent_id: ClassVar[str]
     slug: ClassVar[str]
-    input_filter: ClassVar[str] = "sensors/factory/data/#"
+    input_filter: ClassVar[str] = topics.TELEMETRY_FILTER
     # Settings read once, when the agent is built or started: a change takes a restart.
     # Every other setting is read where it is used and may change at run time
     # (apply_settings, driven by config/<agent_id> messages).
@@ -198,11 +197,11 @@ class BaseAgent(abc.ABC):
 
     @property
     def topic_predictions(self) -> str:
-        return f"predictions/{self.agent_id}"
+        return topics.predictions(self.agent_id)
 
     @property
     def topic_alerts(self) -> str:
-        return f"alerts/{self.agent_id}"
+        return topics.alerts(self.agent_id)
 
     @property
     def checkpoint_name(self) -> str:
@@ -217,7 +216,7 @@ class BaseAgent(abc.ABC):
         """Whether journaled telemetry is this agent's input. Only these agents' cursors
         may hold the journal back: ppe_agent's never moves (it takes camera frames), and
         while it ran no row was pruned until ingest refused with 503."""
-        return matches(self.input_filter, TELEMETRY_TOPIC)
+        return matches(self.input_filter, topics.TELEMETRY)
 
     async def __aenter__(self) -> BaseAgent:
         await self.start()
@@ -737,7 +736,7 @@ class BaseAgent(abc.ABC):
             raise ApiError(400, "empty_batch", "the array holds no records")
         records, rejections = self.parse_request(items)
         if rejections:
-            await self.ctx.hub.publish(REJECTED_TOPIC, rejections, origin=self.agent_id)
+            await self.ctx.hub.publish(topics.REJECTED, rejections, origin=self.agent_id)
         if not records:
             return rejected_response(rejections, single)
         return await self.scored_response(records, rejections, single)

@@ -24,9 +24,9 @@ from typing import Literal
 
 import msgspec
 
-from ..levels import RANK
+from ..levels import RANK, Level
 from ..messages import Prediction
-from ..settings import AgentSettings, Level
+from ..settings import AgentSettings
 
 # A machine or a camera (PPE).
 SubjectKey = Hashable

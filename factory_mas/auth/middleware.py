@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..api import error_response
 from ..errors import StoreError
+from ..http.api import error_response
 from ..settings import Settings
 from ..store import Store
 from . import keys

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..api import json_response, query_int, query_time
+from ..http.api import json_response, query_int, query_time
 from ..store import Store, alarm_events, config_changes
 from ..times import iso
 from .keys import AUDIT_TARGET, Principal

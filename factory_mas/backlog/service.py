@@ -24,13 +24,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..api import ApiError, json_response, query_int
 from ..errors import StoreError
+from ..http.api import ApiError, json_response, query_int
 from ..hub import Hub, Subscription
 from ..messages import Prediction, ShiftSummary
 from ..settings import BacklogSettings
 from ..store import Store, put_checkpoint, shift_summaries
 from ..tasks import cancel
+from ..topics import PREDICTIONS_FILTER, SHIFT_SUMMARY
 from . import facts as F
 from .markdown import to_markdown
 from .writers import GeminiWriter, write_summary
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOPIC = "backlog/shift_summary"
 TALLY_CHECKPOINT = "backlog:tallies"
 JOB_ID = "shift-summaries"
 _SAVE_TALLIES_S = 30.0
@@ -140,7 +140,7 @@ class BacklogAgent:
                 self.tallies = F.decode_tallies(raw)
             except msgspec.DecodeError as exc:
                 log.error("backlog: saved tallies unreadable, starting afresh: %s", exc)
-        self._sub = self.hub.subscribe("predictions/+", name=self.agent_id, maxsize=4096)
+        self._sub = self.hub.subscribe(PREDICTIONS_FILTER, name=self.agent_id, maxsize=4096)
         self._tasks = [
             asyncio.create_task(self._follow(), name="backlog-tally"),
             asyncio.create_task(self._save_loop(), name="backlog-save"),
@@ -277,7 +277,7 @@ class BacklogAgent:
             end.isoformat(),
             generator,
         )
-        await self.hub.publish(TOPIC, summary, origin=self.agent_id)
+        await self.hub.publish(SHIFT_SUMMARY, summary, origin=self.agent_id)
         return summary
 
     async def summarise_now(self) -> ShiftSummary:

@@ -33,9 +33,9 @@ import msgspec
 import numpy as np
 import sqlalchemy as sa
 
-from ..data.synthetic import FactorySimulator, Frame
 from ..errors import FactoryError
 from ..settings import ReplaySettings, Settings
+from ..sim.synthetic import FactorySimulator, Frame
 from ..store import alarm_events, alarms
 from .pipeline import bench_app, scored, settled, wait_for
 from .targets import target, verdict

@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 
 from ..errors import FactoryError
-from ..inference import LatencyWindow
+from ..ml.inference import LatencyWindow
 from ..settings import Settings
 from .machine import machine_facts
 from .targets import target
@@ -149,7 +149,7 @@ class Driver:
     ~400 requests/s, which would measure httpx rather than the server)."""
 
     def __init__(self, ports: dict[str, int]) -> None:
-        from ..data.synthetic import FactorySimulator
+        from ..sim.synthetic import FactorySimulator
 
         self.ports = ports
         # One simulator for the whole run: every machine's clock only moves forward.
@@ -374,7 +374,7 @@ def listening_socket() -> socket.socket:
 def uvicorn_server(app: Any, settings: Settings) -> Any:
     import uvicorn
 
-    from ..server import uvicorn_options
+    from ..http.server import uvicorn_options
 
     # As `serve` runs it, but quieter and without the access log: a log line per request
     # would be measured too.

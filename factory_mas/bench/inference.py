@@ -16,11 +16,11 @@ from typing import Any
 
 from ..agents import build_agents
 from ..agents.base import AgentContext, BaseAgent
-from ..data.schema import parse_record
-from ..data.synthetic import FactorySimulator
 from ..hub import Hub
-from ..inference import Inference, LatencyWindow
+from ..ingest.schema import parse_record
+from ..ml.inference import Inference, LatencyWindow
 from ..settings import Settings
+from ..sim.synthetic import FactorySimulator
 from ..store import Store
 from .machine import machine_facts
 
@@ -92,7 +92,7 @@ def camera_frames(n: int, side: int = 480) -> list[bytes]:
     import numpy as np
     from PIL import Image
 
-    from ..data.ppe_images import render_worker
+    from ..sim.ppe_images import render_worker
 
     rng = np.random.default_rng(5)
     frames = []
@@ -155,8 +155,8 @@ def keras_versus_litert(settings: Settings, repeats: int) -> dict[str, Any]:
         return {"skipped": "TensorFlow is not installed (pip install -e '.[train]')"}
     import numpy as np
 
-    from ..artifacts import read_manifest
-    from ..inference import LiteRtModel
+    from ..ml.artifacts import read_manifest
+    from ..ml.inference import LiteRtModel
     from ..training.energy import build_forecaster
 
     entry = read_manifest(settings.models_dir)["models"]["energy_agent"]

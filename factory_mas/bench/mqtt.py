@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data.synthetic import FactorySimulator
 from ..errors import FactoryError
 from ..settings import Settings
+from ..sim.synthetic import FactorySimulator
+from ..topics import TELEMETRY
 from .machine import machine_facts
 
 # -- bench --mqtt --------------------------------------------------------------------------
@@ -24,7 +25,6 @@ from .machine import machine_facts
 MQTT_BATCH = 100  # records per message in the batched case
 MQTT_RATIO_TARGET = 0.7  # batched broker-to-prediction >= 70% of raw publish->subscribe
 MQTT_TIMEOUT_S = 300.0  # a case that stalls this long fails the bench
-_MQTT_TOPIC = "sensors/factory/data"
 
 
 def mqtt_payloads(records: int, per_message: int, seed: int = 11) -> list[bytes]:
@@ -152,7 +152,7 @@ async def _publish_windowed(client: Any, payloads: list[bytes]) -> None:
 
     async def one(payload: bytes) -> None:
         try:
-            await client.publish(_MQTT_TOPIC, payload, qos=1)
+            await client.publish(TELEMETRY, payload, qos=1)
         finally:
             window.release()
 
@@ -268,7 +268,7 @@ async def _raw_case(
         protocol=aiomqtt.ProtocolVersion.V5,
         max_queued_incoming_messages=0,
     ) as client:
-        await client.subscribe(_MQTT_TOPIC, qos=1)
+        await client.subscribe(TELEMETRY, qos=1)
         heard = 0
 
         async def consume() -> None:

@@ -26,11 +26,12 @@ from typing import Any
 
 import msgspec
 
-from ..data.synthetic import FactorySimulator
+from .. import topics
 from ..errors import FactoryError
 from ..hub import Overflow
-from ..inference import LatencyWindow
+from ..ml.inference import LatencyWindow
 from ..settings import Settings
+from ..sim.synthetic import FactorySimulator
 from .inference import _loaded_agents, camera_frames
 from .targets import target, verdict
 
@@ -64,7 +65,7 @@ def inference_limit(settings: Settings, records: int, budget_s: float) -> dict[s
     """The telemetry agents scoring decoded batches side by side on the pool, with PPE
     scoring PPE_FPS decoded frames a second beside them."""
     from ..agents.ppe.frames import frames_of_payload
-    from ..data.schema import parse_many
+    from ..ingest.schema import parse_many
 
     agents = asyncio.run(_loaded_agents(settings))
     telemetry = [a for a in agents if a.agent_id != "ppe_agent"]
@@ -198,7 +199,7 @@ class Cameras:
         while True:
             camera = f"cam-{self.sent % _CAMERAS + 1}"
             jpeg = self.jpegs[self.sent % len(self.jpegs)]
-            await self.hub.publish(f"sensors/factory/ppe/{camera}", jpeg, origin="bench")
+            await self.hub.publish(topics.ppe_frames(camera), jpeg, origin="bench")
             self.sent += 1
             next_at += 1 / PPE_FPS
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
@@ -325,9 +326,9 @@ async def _fixed_load(
     async with bench_app(settings) as c:
         arrivals = Arrivals()
         # Big enough never to fill in this run: a full queue would slow the pipeline.
-        preds = c.hub.subscribe("predictions/+", name="bench:latency", maxsize=1 << 20)
+        preds = c.hub.subscribe(topics.PREDICTIONS_FILTER, name="bench:latency", maxsize=1 << 20)
         alarms = c.hub.subscribe(
-            "orchestrator/alarms", name="bench:alarms", maxsize=1 << 16, overflow=Overflow.BLOCK
+            topics.ALARMS, name="bench:alarms", maxsize=1 << 16, overflow=Overflow.BLOCK
         )
         watchers = [
             asyncio.create_task(arrivals.watch_predictions(preds)),

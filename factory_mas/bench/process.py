@@ -26,9 +26,9 @@ from typing import Any
 
 import msgspec
 
-from ..data.synthetic import FactorySimulator
 from ..errors import FactoryError
 from ..settings import ENV_NAMES, SETTINGS_FILE_ENV, Settings, as_toml_tree, load_settings
+from ..sim.synthetic import FactorySimulator
 from .http import Tally, post_ingest
 from .machine import free_port, machine_facts
 from .targets import target, verdict

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from ..ingest import TELEMETRY_TOPIC
 from ..settings import Settings
+from ..topics import TELEMETRY
 from .inference import telemetry_records
 from .machine import free_port, machine_facts
 from .pipeline import bench_app, scored, wait_for
@@ -63,7 +63,7 @@ async def _run(settings: Settings, records: list[Any], scada_on: bool) -> dict[s
         target = scored(c) + len(records)
         began = time.perf_counter()
         for start in range(0, len(records), _CHUNK):
-            await c.hub.publish(TELEMETRY_TOPIC, records[start : start + _CHUNK], "bench")
+            await c.hub.publish(TELEMETRY, records[start : start + _CHUNK], "bench")
         await wait_for(lambda: scored(c) >= target, "the agents to score every record")
         elapsed = time.perf_counter() - began
         stop.set()

@@ -46,11 +46,12 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 from ..hub import Hub, Message, Overflow, Subscription, SubscriptionClosed, matches
-from ..ingest import TELEMETRY_TOPIC, Intake
+from ..ingest.intake import Intake
 from ..messages import Alert, Prediction, Rejection
 from ..settings import MqttSettings
 from ..store import Store, mqtt_outbox
 from ..tasks import cancel_all
+from ..topics import ALERTS_FILTER, PREDICTIONS_FILTER, TELEMETRY, TELEMETRY_FILTER
 from .connection import client_options, tls_context
 
 # aiomqtt and paho are imported where a connection is made: a process without a broker
@@ -68,9 +69,6 @@ _OUTBOX_POLL_S = 0.05
 # Alert ids already handed to the alert sink: a QoS 1 redelivery (an ingest instance that
 # died between publishing and deleting its outbox row sends it again) is not counted twice.
 _SEEN_ALERTS = 10_000
-TELEMETRY_FILTER = "sensors/factory/data/#"
-ALERTS_FILTER = "alerts/+"
-PREDICTIONS_FILTER = "predictions/+"
 # Topics taken at QoS 0: a live view, which the broker need not keep for us while we are
 # away (a day of every instance's predictions would bury a returning control instance).
 LIVE_ONLY = ("predictions/",)
@@ -406,7 +404,7 @@ class MqttBridge:
         while items:
             try:
                 await self.intake.accept(
-                    items, source=ORIGIN, topic=TELEMETRY_TOPIC, indices=indices, journal=True
+                    items, source=ORIGIN, topic=TELEMETRY, indices=indices, journal=True
                 )
                 self.counters["received_records"] += len(items)
                 break

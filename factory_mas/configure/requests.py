@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta, Struct
 from msgspec import inspect as mi
 
-from ..api import ApiError, decode_json
+from ..http.api import ApiError, decode_json
 from ..settings import AgentSettings, describe
 
 REQUEST_MAX_BYTES = 65_536  # a settings change is a few hundred bytes
@@ -26,10 +26,6 @@ RAW_KEPT_CHARS = 2_000
 CHECKPOINT_FORMAT = 1
 
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
-
-
-def result_topic(agent_id: str) -> str:
-    return f"config/{agent_id}/result"
 
 
 def checkpoint_name(agent_id: str) -> str:

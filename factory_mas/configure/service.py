@@ -24,13 +24,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..agents.base import BaseAgent
-from ..api import ApiError, error_response, json_response, query_int, query_time, read_body
 from ..auth.keys import actor
 from ..errors import StoreError
+from ..http.api import ApiError, error_response, json_response, query_int, query_time, read_body
 from ..hub import Hub, Subscription
 from ..settings import AgentSettings
 from ..store import Store
 from ..times import iso
+from ..topics import CONFIG_REQUESTS_FILTER, config_result
 from . import records
 from .requests import (
     RAW_KEPT_CHARS,
@@ -44,12 +45,10 @@ from .requests import (
     merge,
     overrides_of,
     parse,
-    result_topic,
 )
 
 log = logging.getLogger(__name__)
 
-TOPIC_FILTER = "config/+"  # one level: our answers on config/<id>/result do not come back
 CHANGES_LIMIT_MAX = 10_000
 RESTART_ORIGIN = "restart"
 
@@ -78,7 +77,7 @@ class Configurator:
         self.base = {agent_id: a.settings for agent_id, a in self.agents.items()}
         for agent in self.agents.values():
             await self._restore(agent)
-        self._sub = self.hub.subscribe(TOPIC_FILTER, name="configurator")
+        self._sub = self.hub.subscribe(CONFIG_REQUESTS_FILTER, name="configurator")
         self._task = asyncio.create_task(self._consume(), name="configurator")
         return self
 
@@ -108,7 +107,7 @@ class Configurator:
             target = message.topic.split("/", 1)[1]
             try:
                 result = await self.submit(target, message.payload, message.origin or "hub")
-                await self.hub.publish(result_topic(target), result, origin="configurator")
+                await self.hub.publish(config_result(target), result, origin="configurator")
             except Exception:
                 # Whatever a sender managed to put in, the next request is answered.
                 self.counters["errors"] += 1
@@ -295,7 +294,7 @@ class Configurator:
         body = await read_body(request, REQUEST_MAX_BYTES)
         result = await self.submit(agent_id, body, "http", actor(request.scope))
         if agent_id in self.agents:
-            await self.hub.publish(result_topic(agent_id), result, origin="configurator")
+            await self.hub.publish(config_result(agent_id), result, origin="configurator")
         if result.accepted:
             return json_response(result)
         status = _STATUS.get(result.code or "", 422)

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..api import ApiError, json_response, query_int
 from ..errors import FactoryError
+from ..http.api import ApiError, json_response, query_int
 from ..messages import Decision, Notified
 from ..settings import NotifySettings
 from ..store import Store

@@ -20,7 +20,7 @@ from datetime import datetime
 from msgspec import Struct, field
 from msgspec.structs import replace
 
-from ..levels import RANK
+from ..levels import LEVELS, RANK, Level
 from ..messages import (
     ALARM_STATES,
     RETURN_TO_NORMAL,
@@ -30,7 +30,6 @@ from ..messages import (
     AlarmState,
     Alert,
 )
-from ..settings import LEVELS, Level
 
 Key = tuple[str, str, str]
 OPEN_STATES: frozenset[AlarmState] = frozenset({"ACTIVE_UNACK", "ACTIVE_ACK", "CLEARED_UNACK"})

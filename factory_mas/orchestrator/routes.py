@@ -11,7 +11,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..api import (
+from ..auth.keys import actor
+from ..http.api import (
     ApiError,
     json_response,
     query_choice,
@@ -20,11 +21,10 @@ from ..api import (
     read_alerts,
     read_struct,
 )
-from ..auth.keys import actor
+from ..http.ws import WsClient, frame, stream
+from ..levels import LEVELS
 from ..messages import ALARM_STATES, Alarm
-from ..settings import LEVELS
 from ..times import iso
-from ..ws import WsClient, frame, stream
 from . import records
 from .logic import AlarmConflict
 from .service import AlarmNotFound, Orchestrator

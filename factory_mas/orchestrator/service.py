@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from ..errors import FactoryError, StoreError
+from ..http.ws import WsClient, broadcast, frame
 from ..hub import Hub, Subscription, SubscriptionClosed
 from ..levels import RANK, worst
 from ..messages import Alarm, Alert, Decision, Plan
@@ -37,15 +38,12 @@ from ..settings import Settings
 from ..store import Store
 from ..tasks import cancel_all
 from ..times import iso
-from ..ws import WsClient, broadcast, frame
+from ..topics import ALARMS, ALERTS_TREE, DECISIONS
 from . import kpis, logic, records
 from .logic import AlarmConflict, Change, Key
 
 log = logging.getLogger(__name__)
 
-ALERTS_FILTER = "alerts/#"
-DECISIONS_TOPIC = "orchestrator/decisions"
-ALARMS_TOPIC = "orchestrator/alarms"
 _BATCH = 256
 _encoder = msgspec.json.Encoder()
 _RETRY_S = 1.0
@@ -114,7 +112,7 @@ class Orchestrator:
 
     async def __aenter__(self) -> Orchestrator:
         await self._restore()
-        self._sub = self.hub.subscribe(ALERTS_FILTER, name=self.agent_id)
+        self._sub = self.hub.subscribe(ALERTS_TREE, name=self.agent_id)
         self._tasks = [
             asyncio.create_task(self._consume(), name="orchestrator-alerts"),
             asyncio.create_task(self._plan_worker(), name="orchestrator-plans"),
@@ -346,7 +344,7 @@ class Orchestrator:
         self._flood_check(now)
         for alarm in _distinct([c.alarm for c in changes]):
             broadcast(self.clients, frame("alarm", alarm))
-            await self.hub.publish(ALARMS_TOPIC, alarm, origin=self.agent_id)
+            await self.hub.publish(ALARMS, alarm, origin=self.agent_id)
 
     def _flood_check(self, now: float) -> None:
         started = self.flood.update(now)
@@ -485,7 +483,7 @@ class Orchestrator:
         if decision.notified is not None:
             self.notifier.wake()
         broadcast(self.clients, frame("decision", decision))
-        await self.hub.publish(DECISIONS_TOPIC, decision, origin=self.agent_id)
+        await self.hub.publish(DECISIONS, decision, origin=self.agent_id)
 
     async def idle(self, timeout_s: float = 10.0) -> None:
         """Wait until every owed plan is made (tests and orderly shutdowns use it)."""

@@ -10,9 +10,9 @@ from collections.abc import Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..levels import RANK, worst
+from ..levels import RANK, Level, worst
 from ..messages import Alarm, Alert, Plan
-from ..settings import Level, PlannerSettings, Playbook
+from ..settings import PlannerSettings, Playbook
 
 ACTIVE_STATES = frozenset({"ACTIVE_UNACK", "ACTIVE_ACK"})
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..api import ApiError, json_response, read_alerts
+from ..http.api import ApiError, json_response, read_alerts
 from ..messages import Alarm, Plan
 from ..settings import PlannerSettings
 from . import logic

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import write_entry
-from ..forest import CompiledForest, write_forest
+from ..ml.artifacts import write_entry
+from ..ml.forest import CompiledForest, write_forest
 
 log = logging.getLogger(__name__)
 

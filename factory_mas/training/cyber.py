@@ -24,7 +24,7 @@ from ..agents.cyber.model import (
     epoch_seconds,
     features,
 )
-from ..data.synthetic import FactorySimulator
+from ..sim.synthetic import FactorySimulator
 from .common import ForestFile, Simulation, is_held_out, save_models
 from .forests import compile_forest
 

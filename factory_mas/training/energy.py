@@ -36,10 +36,10 @@ from ..agents.energy.model import (
     next_baseline,
     spread_for,
 )
-from ..data.synthetic import FactorySimulator
 from ..errors import FactoryError
-from ..forest import ForestIsolation
-from ..inference import LiteRtModel
+from ..ml.forest import ForestIsolation
+from ..ml.inference import LiteRtModel
+from ..sim.synthetic import FactorySimulator
 from .common import ForestFile, Simulation, held_out_from, save_models, to_tflite
 from .forests import compile_forest
 

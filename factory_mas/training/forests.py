@@ -1,4 +1,4 @@
-"""scikit-learn forests -> factory_mas.forest arrays: the only place serving meets sklearn.
+"""scikit-learn forests -> factory_mas.ml.forest arrays: the only place serving meets sklearn.
 
 Training fits with scikit-learn, compiles here, and saves the result as .npz; the agents
 load that with numpy alone. Each function reads only public tree attributes, except the
@@ -14,7 +14,7 @@ from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomFore
 from sklearn.ensemble._iforest import _average_path_length
 
 from ..errors import ArtifactError
-from ..forest import CompiledForest, ForestClassifier, ForestIsolation, ForestRegressor, Trees
+from ..ml.forest import CompiledForest, ForestClassifier, ForestIsolation, ForestRegressor, Trees
 
 
 def _trees(estimators: list[Any], n_features: int, columns: list[np.ndarray] | None) -> Trees:

@@ -14,7 +14,7 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.metrics import average_precision_score, mean_absolute_error, roc_auc_score
 
 from ..agents.pm.model import AGENT_ID, FAILURE_HORIZON_HOURS, FEATURES, RUL_CAP_HOURS, features
-from ..data.synthetic import FactorySimulator
+from ..sim.synthetic import FactorySimulator
 from .common import ForestFile, Simulation, is_held_out, save_models
 from .forests import compile_forest
 

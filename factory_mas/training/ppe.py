@@ -20,9 +20,9 @@ import numpy as np
 
 from ..agents.ppe.logic import ITEMS
 from ..agents.ppe.model import AGENT_ID, FEATURES, LABELS_FILE, MODEL_FILE
-from ..artifacts import write_entry
-from ..data.ppe_images import render_set
-from ..inference import LiteRtModel
+from ..ml.artifacts import write_entry
+from ..ml.inference import LiteRtModel
+from ..sim.ppe_images import render_set
 from .common import to_tflite
 
 log = logging.getLogger(__name__)

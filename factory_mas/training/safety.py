@@ -18,7 +18,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from ..agents.safety.model import AGENT_ID, CLASSES, FEATURES, SafetyModel, features
-from ..data.synthetic import DEFAULT_PARAMS, FactorySimulator
+from ..sim.synthetic import DEFAULT_PARAMS, FactorySimulator
 from .common import ForestFile, Simulation, is_held_out, save_models
 from .forests import compile_forest
 

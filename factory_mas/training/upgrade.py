@@ -20,9 +20,9 @@ from typing import Any
 import joblib
 import numpy as np
 
-from ..artifacts import load_entry, read_manifest, sha256_file, write_manifest
 from ..errors import ArtifactError
-from ..forest import CompiledForest, write_forest
+from ..ml.artifacts import load_entry, read_manifest, sha256_file, write_manifest
+from ..ml.forest import CompiledForest, write_forest
 from .forests import compile_forest
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from ...data.schema import columns_of
+from ...ingest.schema import columns_of
 from ...messages import Alert, Prediction, TelemetryRecord
 from ...settings import CyberSettings
 from ..base import AgentContext, BaseAgent

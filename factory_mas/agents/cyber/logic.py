@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from ...settings import CyberSettings, Level
+from ...levels import Level
+from ...settings import CyberSettings
 
 ThreatLevel = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
 THREAT_LEVELS: tuple[ThreatLevel, ...] = ("LOW", "MEDIUM", "HIGH", "CRITICAL")

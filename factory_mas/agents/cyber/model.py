@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...artifacts import load_entry, load_forest
 from ...errors import ArtifactError
-from ...forest import ForestIsolation
+from ...ml.artifacts import load_entry, load_forest
+from ...ml.forest import ForestIsolation
 
 AGENT_ID = "cyber_agent"
 READINGS: tuple[str, ...] = ("network_latency_ms", "packet_loss_pct", "error_rate_pct")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...levels import RANK
-from ...settings import EnergySettings, Level
+from ...levels import RANK, Level
+from ...settings import EnergySettings
 from ..conditioning import level_with_deadband
 
 # Output per kWh and deviations are computed against at least this draw: a machine

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ...artifacts import load_entry, load_forest
 from ...errors import ArtifactError
-from ...forest import ForestIsolation
-from ...inference import LiteRtModel
+from ...ml.artifacts import load_entry, load_forest
+from ...ml.forest import ForestIsolation
+from ...ml.inference import LiteRtModel
 
 AGENT_ID = "energy_agent"
 MODES: tuple[str, ...] = ("Active", "Idle", "Maintenance")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from ...data.schema import columns_of
+from ...ingest.schema import columns_of
 from ...messages import Alert, Prediction, TelemetryRecord
 from ...settings import PmSettings
 from ..base import BaseAgent

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ...levels import worst
-from ...settings import Level, PmSettings
+from ...levels import Level, worst
+from ...settings import PmSettings
 from ..conditioning import level_with_deadband
 
 ACTIONS: dict[str, str] = {

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...artifacts import load_entry, load_forest
 from ...errors import ArtifactError
-from ...forest import ForestClassifier, ForestRegressor
+from ...ml.artifacts import load_entry, load_forest
+from ...ml.forest import ForestClassifier, ForestRegressor
 
 AGENT_ID = "pm_agent"
 FEATURES: tuple[str, ...] = (

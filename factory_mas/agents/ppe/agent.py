@@ -20,9 +20,9 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...api import ApiError, json_response, read_body
+from ... import topics
+from ...http.api import ApiError, json_response, read_body
 from ...hub import Message
-from ...ingest import REJECTED_TOPIC
 from ...messages import Alert, Prediction, Rejection
 from ...settings import AgentSettings, PpeSettings
 from ..base import AgentContext, BaseAgent
@@ -64,7 +64,7 @@ class _Camera:
 class PpeAgent(BaseAgent):
     agent_id = AGENT_ID
     slug = "ppe"
-    input_filter = "sensors/factory/ppe/+"
+    input_filter = topics.PPE_FRAMES_FILTER
     # The model is loaded once, at start and on reload.
     restart_only = BaseAgent.restart_only | {"model_path", "labels_path"}
     settings: PpeSettings
@@ -208,7 +208,7 @@ class PpeAgent(BaseAgent):
 
     async def _reject(self, rejections: list[Rejection]) -> None:
         self.counters["rejected"] += len(rejections)
-        await self.ctx.hub.publish(REJECTED_TOPIC, rejections, origin=self.agent_id)
+        await self.ctx.hub.publish(topics.REJECTED, rejections, origin=self.agent_id)
 
     # -- frames over HTTP --------------------------------------------------------------
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ...api import ApiError, decode_json
 from ...errors import RecordError
+from ...http.api import ApiError, decode_json
 
 # Camera formats only: Pillow opens dozens of formats, and every extra parser is attack
 # surface for bytes that come from the network.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from ...settings import Level, PpeSettings
+from ...levels import Level
+from ...settings import PpeSettings
 
 ITEMS: tuple[str, ...] = ("helmet", "boots", "pants", "shirt")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...artifacts import load_entry, sha256_file
 from ...errors import ArtifactError
-from ...inference import LiteRtModel
+from ...ml.artifacts import load_entry, sha256_file
+from ...ml.inference import LiteRtModel
 from .logic import ITEMS
 
 AGENT_ID = "ppe_agent"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...settings import Level, SafetySettings
+from ...levels import Level
+from ...settings import SafetySettings
 from ..conditioning import level_with_deadband
 
 NO_HAZARD = "NONE"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...artifacts import load_entry, load_forest
 from ...errors import ArtifactError
-from ...forest import ForestClassifier
+from ...ml.artifacts import load_entry, load_forest
+from ...ml.forest import ForestClassifier
 
 AGENT_ID = "safety_agent"
 FEATURES: tuple[str, ...] = (

@@ -81,7 +81,7 @@ from dnp3.outstation.outstation import (
 )
 from dnp3.transport_io.tcp_server import TcpServerChannel
 
-from ...limits import ClientAllowList
+from ...http.limits import ClientAllowList
 from .live import peer_text
 from .points import Point
 

@@ -29,14 +29,15 @@ import msgspec
 from ...auth.keys import Role, role_allows
 from ...auth.roles import Need, role_for
 from ...errors import FactoryError
+from ...http.limits import ClientAllowList
 from ...hub import Overflow, Subscription
 from ...levels import RANK
-from ...limits import ClientAllowList
 from ...messages import Prediction
 from ...orchestrator.logic import AlarmConflict
 from ...orchestrator.service import AlarmNotFound
 from ...store import audit_change
 from ...tasks import cancel
+from ...topics import PREDICTIONS_FILTER, config_result
 from .points import AGENTS, LEVEL_CODES, THREAT_CODES, Point
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class LiveValues:
 
     async def __aenter__(self) -> LiveValues:
         self._sub = self.c.hub.subscribe(
-            "predictions/+", name="scada", maxsize=1024, overflow=Overflow.DROP_OLDEST
+            PREDICTIONS_FILTER, name="scada", maxsize=1024, overflow=Overflow.DROP_OLDEST
         )
         self._task = asyncio.create_task(self._follow(), name="scada-live")
         return self
@@ -305,7 +306,7 @@ class Writes:
             answer = await self.c.configurator.submit(
                 agent_id, {"set": {key: value}, "by": by}, origin
             )
-            await self.c.hub.publish(f"config/{agent_id}/result", answer, origin="scada")
+            await self.c.hub.publish(config_result(agent_id), answer, origin="scada")
             if not answer.accepted:
                 code = "unavailable" if answer.code == "store_unavailable" else "rejected"
                 return WriteResult(False, code, answer.error or "refused", audited=True)

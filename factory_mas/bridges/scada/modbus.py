@@ -60,7 +60,7 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from ...limits import ClientAllowList
+from ...http.limits import ClientAllowList
 from . import identity
 from .live import Value, peer_text
 from .points import Point

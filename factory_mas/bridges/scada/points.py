@@ -21,7 +21,8 @@ from typing import Literal
 from msgspec import Struct
 
 from ...agents.pm.model import RUL_CAP_HOURS
-from ...settings import LEVELS, Settings
+from ...levels import LEVELS
+from ...settings import Settings
 
 PointType = Literal["Boolean", "Int32", "Float"]
 Range = tuple[float, float]  # low, high

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ...api import json_response
+from ...http.api import json_response
 from ...tasks import cancel
 from .live import LiveValues, Value, Writes
 from .points import Point, build_points, rows

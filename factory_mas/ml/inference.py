@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
 T = TypeVar("T")
 

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .data.loader import read_batches
-from .data.synthetic import FactorySimulator
-from .errors import FactoryError
-from .settings import ReplaySettings
-from .tasks import cancel
+from ..errors import FactoryError
+from ..settings import ReplaySettings
+from ..sim.synthetic import FactorySimulator
+from ..tasks import cancel
+from ..topics import ppe_frames
+from .csv_reader import read_batches
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class CameraReplay(_Background):
     async def run(self) -> None:
         import numpy as np
 
-        from .agents.ppe.logic import ITEMS
+        from ..agents.ppe.logic import ITEMS
 
         rng = np.random.default_rng(self.settings.seed)
         missing: dict[str, tuple[int, int]] = {}  # camera -> (item index, frames left)
@@ -190,7 +191,7 @@ class CameraReplay(_Background):
                 worn = [not (left > 0 and i == item) for i in range(len(ITEMS))]
                 # Rendering takes several milliseconds: off the event loop.
                 jpeg = await asyncio.to_thread(_render_jpeg, rng, worn)
-                await self.publish(f"sensors/factory/ppe/{camera}", jpeg)
+                await self.publish(ppe_frames(camera), jpeg)
                 self.sent += 1
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -210,7 +211,7 @@ def _render_jpeg(rng: Any, worn: list[bool]) -> bytes:
 
     from PIL import Image
 
-    from .data.ppe_images import render_worker
+    from ..sim.ppe_images import render_worker
 
     out = io.BytesIO()
     Image.fromarray(render_worker(rng, worn, size=_CAMERA_SIDE)).save(out, "JPEG", quality=85)

@@ -39,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from .settings import LimitsSettings
+from ..settings import LimitsSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The operator dashboard: a static single-page app served from factory_mas/web.
+"""The operator dashboard: a static single-page app served from factory_mas/http/static.
 
 GET / answers index.html (never cached, so a new release is picked up on reload);
 /static/* serves the scripts and the stylesheet. The app calls the JSON API itself.
@@ -14,7 +14,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "static"
 
 
 async def index(_request: Request) -> Response:

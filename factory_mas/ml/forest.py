@@ -27,7 +27,7 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
 # Written into every .npz; a reader refuses any other so a layout change fails loudly.
 FORMAT = 1

@@ -15,9 +15,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import FactoryError, RecordError, StoreError
-from .messages import Alert, Rejection
-from .times import parse_instant
+from ..errors import FactoryError, RecordError, StoreError
+from ..messages import Alert, Rejection
+from ..times import parse_instant
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")

@@ -18,14 +18,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .api import ApiError, json_response, read_json, rejected_response
-from .hub import Hub
+from ..http.api import ApiError, json_response, read_json, rejected_response
+from ..hub import Hub
+from ..messages import Rejection
+from ..store import Store
+from ..topics import REJECTED, TELEMETRY
 from .machines import Machines
-from .messages import Rejection
-from .store import Store
 
-TELEMETRY_TOPIC = "sensors/factory/data"
-REJECTED_TOPIC = "sensors/factory/rejected"
 # Validating ~500 records takes about a millisecond: chunks keep the loop responsive and
 # the hub's messages a size the agents score in one go.
 CHUNK = 500
@@ -56,7 +55,7 @@ class Intake:
         self,
         items: list[Any],
         source: str,
-        topic: str = TELEMETRY_TOPIC,
+        topic: str = TELEMETRY,
         indices: list[int] | None = None,
         journal: bool = False,
     ) -> tuple[int, list[Rejection]]:
@@ -94,7 +93,7 @@ class Intake:
         """Count input that was refused and tell sensors/factory/rejected why."""
         self.rejected[source] += len(rejections)
         self.rejected_fields.update(r.field or "(record)" for r in rejections)
-        await self.hub.publish(REJECTED_TOPIC, rejections, origin=source)
+        await self.hub.publish(REJECTED, rejections, origin=source)
 
     async def _publish(
         self, topic: str, chunks: list[list[Any]], source: str, journal: bool

@@ -29,7 +29,7 @@ from typing import Any
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 

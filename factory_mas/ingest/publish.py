@@ -28,11 +28,11 @@ from typing import Any
 import aiomqtt
 import msgspec
 
+from ..bridges.connection import client_options, tls_context
 from ..errors import FactoryError, SettingsError
-from ..ingest import TELEMETRY_TOPIC
 from ..settings import MqttSettings
 from ..tasks import cancel
-from .connection import client_options, tls_context
+from ..topics import TELEMETRY
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +322,8 @@ class ReplaySink:
             machine_id = machine_id_of(row)
             # A row without a usable id still goes out: the server rejects it, with reason.
             if machine_id is not None:
-                return f"{TELEMETRY_TOPIC}/{machine_id}"
-        return TELEMETRY_TOPIC
+                return f"{TELEMETRY}/{machine_id}"
+        return TELEMETRY
 
     async def __call__(self, rows: list[dict[str, Any]], _indices: list[int] | None) -> None:
         by_topic: dict[str, list[dict[str, Any]]] = {}

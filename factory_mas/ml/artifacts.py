@@ -5,7 +5,7 @@ was fitted on, held-out metrics and how it was trained. A model is served only w
 that matches the code, so a stale or tampered file fails loudly at start-up instead of
 scoring quietly wrong.
 
-Forests are .npz files of numpy arrays (factory_mas.forest), read without pickle and
+Forests are .npz files of numpy arrays (factory_mas.ml.forest), read without pickle and
 without scikit-learn, so unlike the pickles they replace they tie serving to no library
 version; their format number is checked instead. TensorFlow models are .tflite files.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 from .forest import Forest, read_forest
 
 MANIFEST = "manifest.json"

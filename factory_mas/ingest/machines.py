@@ -16,9 +16,9 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .data.schema import echo, parse_many
-from .messages import Rejection, TelemetryRecord
-from .settings import LimitsSettings
+from ..messages import Rejection, TelemetryRecord
+from ..settings import LimitsSettings
+from .schema import echo, parse_many
 
 log = logging.getLogger(__name__)
 

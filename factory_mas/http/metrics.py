@@ -24,19 +24,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__
-from .orchestrator import logic
+from .. import __version__
+from ..orchestrator import logic
 
 if TYPE_CHECKING:
-    from .agents.base import BaseAgent
-    from .app import Components
-    from .bridges.mqtt import MqttBridge
-    from .bridges.scada.service import ScadaBridge
-    from .history import HistoryWriter
-    from .hub import Hub
-    from .ingest import Intake
-    from .notify import Notifier
-    from .orchestrator.service import Orchestrator
+    from ..agents.base import BaseAgent
+    from ..app import Components
+    from ..bridges.mqtt import MqttBridge
+    from ..bridges.scada.service import ScadaBridge
+    from ..history import HistoryWriter
+    from ..hub import Hub
+    from ..ingest.intake import Intake
+    from ..notify import Notifier
+    from ..orchestrator.service import Orchestrator
 
 PREFIX = "factory_mas_"
 # A lone record scores in a fraction of a millisecond, a big batch in a good part of a
