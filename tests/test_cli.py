@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from factory_mas.ingest.schema import parse_record
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
-from .conftest import free_port, wait_until
+# Each test runs `python -m factory_mas` as a child process.
+pytestmark = pytest.mark.integration
 
 # Hang guard only.
 TIMEOUT_S = 60

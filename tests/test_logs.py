@@ -8,6 +8,8 @@ import logging
 import re
 import sys
 
+import pytest
+
 from factory_mas.logs import JsonFormatter, TextFormatter, escape
 
 FORGED = "2026-12-07 00:00:00,000 WARNING factory_mas: forged"
@@ -21,6 +23,7 @@ def test_escape_writes_every_control_character_as_an_escape() -> None:
     assert escape("one\ntwo\x1b", keep="\n") == "one\ntwo\\x1b"
 
 
+@pytest.mark.integration
 def test_a_request_cannot_forge_a_log_line(server_factory) -> None:
     server = server_factory({"FACTORY_AUTH_ENABLED": "true", "LOG_FORMAT": "text"})
     path = "/status%0a" + FORGED.replace(" ", "%20") + "%00%1b[2J%0d"

@@ -1,6 +1,6 @@
 """Scale-out: `serve --role ingest` instances share the telemetry, one `--role control`
 instance turns their alerts into alarms; a real mosquitto and a real PostgreSQL between
-them (tests/mqtt_broker.py, tests/postgres.py), and real server processes.
+them (tests/support/mqtt_broker.py, tests/support/postgres.py), and real server processes.
 
 mosquitto hands a shared subscription's messages round-robin, so one machine's records
 reach both ingest instances: the end-to-end test checks counts, duplicates and alarms,
@@ -37,8 +37,11 @@ from factory_mas.hub import Hub
 from factory_mas.ml.inference import Inference
 from factory_mas.settings import Settings, load_settings
 from factory_mas.store import Store, database_url, sqlite_url
-
-from .conftest import REPO, TEST_ENV, Server, free_port, record
+from tests.support.app import TEST_ENV, Server
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.records import record
+from tests.support.waiting import until
 
 # Hang guard only.
 TIMEOUT_S = 60.0
@@ -144,6 +147,7 @@ async def test_routes_of_the_other_role_say_where_they_are_served(tmp_path: Path
     assert "ingest instance ingest-7" in page.text
 
 
+@pytest.mark.integration
 def test_an_ingest_or_control_role_without_a_broker_refuses_to_start(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MQTT_")}
     env.update(TEST_ENV, FACTORY_DATA_DIR=str(tmp_path / "data"))
@@ -165,18 +169,10 @@ def test_an_ingest_or_control_role_without_a_broker_refuses_to_start(tmp_path: P
 # ------------------------------------------------------------------ one database, many instances
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path / "factory.db")
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 async def test_instances_sharing_a_database_keep_their_own_journal_and_outbox(
-    db_url: str,
+    database: str,
 ) -> None:
-    async with Store(db_url, "ingest-1") as one, Store(db_url, "ingest-2") as two:
+    async with Store(database, "ingest-1") as one, Store(database, "ingest-2") as two:
         a1 = await one.inbox_append(TELEMETRY, "mqtt", b"a1")
         b1 = await two.inbox_append(TELEMETRY, "mqtt", b"b1")
         a2 = await one.inbox_append(TELEMETRY, "mqtt", b"a2")
@@ -196,7 +192,7 @@ async def test_instances_sharing_a_database_keep_their_own_journal_and_outbox(
         assert await one.read(mqtt._outbox_size) == 0  # nothing of the single process's
 
     # A single-process store (instance "") sees neither.
-    async with Store(db_url) as single:
+    async with Store(database) as single:
         assert await single.inbox_after(0) == []
 
 
@@ -267,7 +263,7 @@ def test_the_compose_file_runs_two_ingest_instances_and_one_control() -> None:
 
 
 class RoleServer(Server):
-    """conftest's Server, started as `python -m factory_mas serve --role ROLE`."""
+    """tests.support.app's Server, started as `python -m factory_mas serve --role ROLE`."""
 
     def __init__(self, data_dir: Path, role: str, env: dict[str, str]) -> None:
         super().__init__(data_dir, env)
@@ -304,18 +300,7 @@ def key(item: dict[str, Any]) -> tuple[int, datetime]:
     )
 
 
-async def eventually(probe: Any, what: str, timeout_s: float = TIMEOUT_S) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
+@pytest.mark.integration
 async def test_two_ingest_instances_score_each_record_once_and_the_control_alarms_once(
     broker, postgres_url: str, role_servers: list[RoleServer], tmp_path: Path
 ) -> None:
@@ -389,7 +374,12 @@ async def test_two_ingest_instances_score_each_record_once_and_the_control_alarm
             found = await statuses()
             return all(sum(scored(s, a) for s in found) >= 10_000 for a in TELEMETRY_AGENTS)
 
-        await eventually(all_scored, "10,000 records scored between the two instances")
+        await until(
+            all_scored,
+            "10,000 records scored between the two instances",
+            timeout_s=TIMEOUT_S,
+            interval_s=0.1,
+        )
 
         # Every alert an agent raised (or every return to normal) becomes part of an alarm.
         async def alerts_sent() -> int:
@@ -404,7 +394,9 @@ async def test_two_ingest_instances_score_each_record_once_and_the_control_alarm
             taken = (await control_http.get("/status")).json()["orchestrator"]
             return taken["alerts"] >= await alerts_sent()
 
-        await eventually(alerts_in, "every alert at the control instance")
+        await until(
+            alerts_in, "every alert at the control instance", timeout_s=TIMEOUT_S, interval_s=0.1
+        )
 
         async def stored() -> list[dict[str, Any]]:
             got = await control_http.get("/api/pm/history", params={"limit": 10_000})
@@ -414,14 +406,24 @@ async def test_two_ingest_instances_score_each_record_once_and_the_control_alarm
         async def all_stored() -> bool:
             return len(await stored()) >= 10_000
 
-        await eventually(all_stored, "10,000 pm predictions in the shared history")
+        await until(
+            all_stored,
+            "10,000 pm predictions in the shared history",
+            timeout_s=TIMEOUT_S,
+            interval_s=0.1,
+        )
 
         async def scada_points() -> dict[str, Any]:
             got = (await control_http.get("/api/scada/points")).json()["points"]
             values = {p["name"]: p["value"] for p in got}
             return values if values.get("machine_1.rul_hours") else {}
 
-        points = await eventually(scada_points, "the control's SCADA points to show machine 1")
+        points = await until(
+            scada_points,
+            "the control's SCADA points to show machine 1",
+            timeout_s=TIMEOUT_S,
+            interval_s=0.1,
+        )
         await asyncio.sleep(0.5)  # a duplicate would still be on its way
         final = await statuses()
         control_status = (await control_http.get("/status")).json()
@@ -499,7 +501,9 @@ async def test_two_ingest_instances_score_each_record_once_and_the_control_alarm
         return found if checkpointed and found[2] == 0 else None
 
     try:
-        journals, names, _ = await eventually(settled, "checkpoints saved and outboxes empty")
+        journals, names, _ = await until(
+            settled, "checkpoints saved and outboxes empty", timeout_s=TIMEOUT_S, interval_s=0.1
+        )
     finally:
         engine.dispose()
     assert journals == {"ingest-1", "ingest-2"}

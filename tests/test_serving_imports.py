@@ -12,7 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import REPO, TEST_ENV, record
+import pytest
+
+from tests.support.app import TEST_ENV
+from tests.support.paths import REPO
+from tests.support.records import record
+
+# Serving runs in a fresh interpreter, a child process.
+pytestmark = pytest.mark.integration
 
 TRAINING_ONLY = ("sklearn", "scipy", "joblib", "tensorflow")
 

@@ -15,8 +15,8 @@ from factory_mas.settings import (
     as_toml_tree,
     load_settings,
 )
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS_TOML = REPO / "settings.toml"
 
 

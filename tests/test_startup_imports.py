@@ -25,8 +25,12 @@ import pytest
 from factory_mas.app import Components, build_app
 from factory_mas.bridges.scada import service as scada_service
 from factory_mas.settings import Settings
+from tests.support.app import with_scada
+from tests.support.net import free_port
+from tests.support.paths import REPO
 
-from .conftest import REPO, free_port, with_scada
+# Fresh interpreters, and SCADA servers on loopback ports.
+pytestmark = pytest.mark.integration
 
 # Hang guard only.
 TIMEOUT_S = 120
@@ -97,7 +101,7 @@ def opcua_settings(settings: Settings) -> Settings:
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[Components, httpx.AsyncClient]]:
-    """conftest's running_app, with the SCADA servers started as `serve` starts them."""
+    """tests.support.app's running_app, with the SCADA servers started as `serve` starts them."""
     app = build_app(settings, scada_in_background=True)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

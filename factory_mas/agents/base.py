@@ -5,8 +5,9 @@ batch (`score`, runs on the shared inference pool) and what an alert says (`make
 agents with per-machine memory also export and import it (`export_state`/`import_state`).
 This class does the rest: the life cycle (start/stop/restart, as an async context manager),
 consuming its hub subscription in micro-batches, history, counters, alerts on level
-changes, checkpoints to the store and recovery on start, hot model reload, WebSocket
-fan-out, and the REST routes mounted under /api/<slug>.
+changes, checkpoints to the store and recovery on start (their format in checkpoint.py),
+hot model reload, and the predict route; routes.py has its other REST routes and the
+WebSocket fan-out, mounted under /api/<slug>.
 """
 
 from __future__ import annotations
@@ -19,37 +20,33 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.routing import BaseRoute
 
-from .. import history, topics
-from ..auth.keys import actor
+from .. import topics
 from ..errors import FactoryError, StoreError
-from ..http.api import ApiError, json_response, read_body, read_json, rejected_response
-from ..http.ws import WsClient, frame, stream
+from ..http.api import ApiError, json_response, read_json, rejected_response
+from ..http.ws import WsClient
 from ..hub import Hub, Message, Subscription, SubscriptionClosed, matches
 from ..ingest.machines import Machines
 from ..levels import LEVELS, RANK, Level, worst
 from ..messages import RETURN_TO_NORMAL, Alert, Prediction, Rejection, TelemetryRecord
 from ..ml.inference import Inference, LatencyWindow
 from ..settings import AgentSettings
-from ..store import Store, audit_change
+from ..store import Store
 from ..tasks import cancel
-from .conditioning import Conditioner, Gate, SubjectMemory, gate_prediction
+from . import checkpoint
+from .conditioning import Conditioner, Gate, gate_prediction
+from .result import AgentResult
+from .routes import AgentRoutes, Subject, fan_out
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_HISTORY = 1_000
-HISTORY_LIMIT_MAX = 10_000
 _STOP_DRAIN_S = 2.0
 
 
@@ -66,50 +63,6 @@ class AgentContext:
     max_body_bytes: int = 10_000_000
     # The same as Intake's: a machine admitted by either is known to both.
     machines: Machines = field(default_factory=Machines)
-
-
-class Checkpoint(msgspec.Struct, kw_only=True):
-    format: int = CHECKPOINT_FORMAT
-    model_version: str = ""
-    history: list[Prediction] = msgspec.field(default_factory=list)
-    counters: dict[str, int] = msgspec.field(default_factory=dict)
-    last_levels: dict[int | str, Level] = msgspec.field(default_factory=dict)
-    # Whatever per-machine memory the agent keeps (LSTM windows, counters): its own shape.
-    state: Any = None
-    # The ingest journal's sequence number up to which this checkpoint has scored.
-    inbox_cursor: int = 0
-    # Smoothed scores and levels per subject, and what each subject's alarm gate holds.
-    conditioning: list[tuple[int | str, SubjectMemory]] = msgspec.field(default_factory=list)
-    gates: dict[int | str, Gate] = msgspec.field(default_factory=dict)
-
-
-_checkpoint_encoder = msgspec.msgpack.Encoder()
-_checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
-
-
-class _CheckpointSubjects(msgspec.Struct):
-    """Of a checkpoint, only which subjects it keeps state for."""
-
-    last_levels: dict[int | str, Any] = msgspec.field(default_factory=dict)
-
-
-_subjects_decoder = msgspec.msgpack.Decoder(_CheckpointSubjects)
-
-
-@dataclass(frozen=True)
-class Subject:
-    """Which machine or camera a reader wants; None matches any."""
-
-    machine_id: int | None = None
-    camera_id: str | None = None
-
-    def matches(self, item: Prediction | Alert) -> bool:
-        return (self.machine_id is None or item.machine_id == self.machine_id) and (
-            self.camera_id is None or item.camera_id == self.camera_id
-        )
-
-
-EVERYTHING = Subject()
 
 
 class BaseAgent(abc.ABC):
@@ -141,7 +94,7 @@ class BaseAgent(abc.ABC):
         self.latency = LatencyWindow()
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task] = []
-        self._clients: set[WsClient] = set()
+        self.ws_clients: set[WsClient] = set()
         self._dirty = False
         self._failing = False
         self._scoring = asyncio.Lock()
@@ -269,7 +222,7 @@ class BaseAgent(abc.ABC):
         self._tasks = []
         await self.save_checkpoint()
         self.status = "stopped"
-        for client in self._clients:
+        for client in self.ws_clients:
             client.ready.set()
 
     async def apply_settings(self, new: AgentSettings) -> None:
@@ -387,7 +340,7 @@ class BaseAgent(abc.ABC):
             )
 
     def predicted(
-        self, record: TelemetryRecord, now: datetime, level: Level, result: dict[str, Any]
+        self, record: TelemetryRecord, now: datetime, level: Level, result: AgentResult
     ) -> Prediction:
         """A prediction about one telemetry record, stamped with this agent and model."""
         return Prediction(
@@ -397,7 +350,7 @@ class BaseAgent(abc.ABC):
             produced_at=now,
             model_version=self.model_version,
             level=level,
-            result=result,
+            result=result.as_result(),
         )
 
     async def items_of(self, messages: list[Message]) -> list[Any]:
@@ -439,7 +392,7 @@ class BaseAgent(abc.ABC):
         await self.ctx.hub.publish(self.topic_predictions, predictions, origin=self.agent_id)
         for alert in alerts:
             await self.ctx.hub.publish(self.topic_alerts, alert, origin=self.agent_id)
-        self._fan_out(predictions, alerts)
+        fan_out(self.ws_clients, predictions, alerts)
         return predictions
 
     def _remember(self, predictions: list[Prediction]) -> list[Alert]:
@@ -482,10 +435,9 @@ class BaseAgent(abc.ABC):
         it (before the agent starts, so that limits.max_machines counts them)."""
         try:
             raw = await self.ctx.store.load_checkpoint(self.checkpoint_name)
-            saved = _subjects_decoder.decode(raw) if raw is not None else _CheckpointSubjects()
+            return checkpoint.saved_machines(raw) if raw is not None else []
         except (StoreError, msgspec.DecodeError):
             return []  # _restore says why, when the agent starts
-        return [subject for subject in saved.last_levels if isinstance(subject, int)]
 
     async def _restore(self) -> None:
         try:
@@ -495,51 +447,20 @@ class BaseAgent(abc.ABC):
             return
         if raw is None:
             return
-        # The checkpoint is the whole truth: on a restart of this same object, what is in
-        # memory was saved by stop() and must not be counted twice.
-        self.history.clear()
-        self.counters.clear()
-        self.last_levels.clear()
-        self.gates.clear()
-        self.conditioner.restore([])
         try:
-            cp = _checkpoint_decoder.decode(raw)
+            restored = checkpoint.restore(self, raw)
         except msgspec.DecodeError as exc:
             log.error("%s: checkpoint unreadable, starting empty: %s", self.agent_id, exc)
             return
-        self.history.extend(cp.history)
-        self.counters.update(cp.counters)
-        self.last_levels.update(cp.last_levels)
-        self.gates.update(cp.gates)
-        self.conditioner.restore(cp.conditioning)
-        if cp.state is not None:
-            self.import_state(cp.state)
-        self.inbox_cursor = self.durable_cursor = cp.inbox_cursor
-        log.info("%s: restored %d predictions from checkpoint", self.agent_id, len(cp.history))
-
-    def _snapshot(self) -> Checkpoint:
-        return Checkpoint(
-            model_version=self.model_version,
-            # The newest of the ring only: the whole of it (10,000 predictions, some 2.5 MB)
-            # written every few seconds by every agent held the store's one thread for tens
-            # of milliseconds, and every alarm and journal write waited. Older predictions
-            # are in the store's history (GET .../history?source=store).
-            history=list(islice(reversed(self.history), CHECKPOINT_HISTORY))[::-1],
-            counters=dict(self.counters),
-            last_levels=dict(self.last_levels),
-            state=self.export_state(),
-            inbox_cursor=self.inbox_cursor,
-            conditioning=self.conditioner.export(),
-            gates=dict(self.gates),
-        )
+        log.info("%s: restored %d predictions from checkpoint", self.agent_id, restored)
 
     async def save_checkpoint(self) -> None:
         self._dirty = False
         # Between two batches: score() may be changing per-machine state on a pool thread.
         async with self._scoring:
-            snapshot = self._snapshot()
+            snapshot = checkpoint.snapshot(self)
         # Encoding thousands of predictions takes milliseconds: off the event loop.
-        data = await asyncio.to_thread(_checkpoint_encoder.encode, snapshot)
+        data = await asyncio.to_thread(checkpoint.encode, snapshot)
         try:
             await self.ctx.store.save_checkpoint(self.checkpoint_name, data)
         except StoreError as exc:
@@ -599,8 +520,8 @@ class BaseAgent(abc.ABC):
             "queue": self._sub.stats() if self._sub is not None else None,
             "history": {"size": len(self.history), "capacity": self.history.maxlen},
             "websocket": {
-                "clients": len(self._clients),
-                "dropped": sum(c.dropped for c in self._clients),
+                "clients": len(self.ws_clients),
+                "dropped": sum(c.dropped for c in self.ws_clients),
             },
             "last_checkpoint_at": self.last_checkpoint_at,
             "journal": {
@@ -611,118 +532,12 @@ class BaseAgent(abc.ABC):
             "settings": msgspec.to_builtins(self.settings),
         }
 
-    # -- WebSocket fan-out -------------------------------------------------------------
-
-    def _fan_out(self, predictions: list[Prediction], alerts: list[Alert]) -> None:
-        if not self._clients:
-            return
-        frames: dict[Subject, bytes] = {}
-        for client in self._clients:
-            key = client.subject
-            if key not in frames:
-                chosen = (
-                    predictions if key == EVERYTHING else [p for p in predictions if key.matches(p)]
-                )
-                frames[key] = frame("predictions", chosen) if chosen else b""
-            if frames[key]:
-                client.push(frames[key])
-            for alert in alerts:
-                if key.matches(alert):
-                    client.push(frame("alert", alert))
-
-    async def ws_route(self, ws: WebSocket) -> None:
-        raw = ws.query_params.get("machine_id")
-        machine_id = None
-        if raw:
-            if not raw.isdigit():
-                await ws.close(code=1008, reason=f"machine_id: expected an integer, got {raw!r}")
-                return
-            machine_id = int(raw)
-        subject = Subject(machine_id, ws.query_params.get("camera_id") or None)
-        await ws.accept()
-        client = WsClient(self.settings.ws_queue_size, subject)
-        await stream(ws, self._clients, client, frame("hello", self.health()))
-
-    # -- REST --------------------------------------------------------------------------
+    # -- predict (the other routes are in routes.py) ---------------------------------------
 
     def _require_running(self) -> None:
         if self.status != "running":
             detail = f"{self.agent_id} is {self.status}" + (f": {self.error}" if self.error else "")
             raise ApiError(503, "agent_unavailable", detail)
-
-    async def reload_route(self, _request: Request) -> Response:
-        try:
-            version = await self.reload()
-        except FactoryError as exc:
-            raise ApiError(
-                422, "reload_refused", f"{exc}; still serving {self.model_version or 'nothing'}"
-            ) from None
-        return json_response({"agent_id": self.agent_id, "model_version": version})
-
-    async def start_route(self, request: Request) -> Response:
-        return await self._switch(request, on=True)
-
-    async def stop_route(self, request: Request) -> Response:
-        return await self._switch(request, on=False)
-
-    async def _switch(self, request: Request, *, on: bool) -> Response:
-        """Start or stop, audited like a settings change (the SCADA `enabled` point does
-        the same through `set_running`, and needs the same role: admin)."""
-        # Nothing is read from the body, but a huge one is refused as on every other route.
-        await read_body(request, self.ctx.max_body_bytes)
-        action = "start" if on else "stop"
-        error = None
-        try:
-            await self.set_running(on)
-        except FactoryError as exc:
-            error = str(exc)
-        data = {"request": {"action": action},
-                "result": {"ok": error is None, "status": self.status, "error": error}}  # fmt: skip
-        try:
-            await self.ctx.store.write(
-                partial(
-                    audit_change,
-                    at=time.time(),
-                    target=self.agent_id,
-                    origin="http",
-                    by=actor(request.scope) or "http",
-                    accepted=error is None,
-                    data=msgspec.json.encode(data),
-                )
-            )
-        except StoreError as exc:  # the agent has started or stopped all the same
-            log.error("%s: %s not audited: %s", self.agent_id, action, exc)
-        if error is not None:
-            raise ApiError(409, "not_started", error)
-        return json_response({"agent_id": self.agent_id, "status": self.status})
-
-    async def health_route(self, _request: Request) -> Response:
-        body = self.health()
-        return json_response(body, 200 if body["healthy"] else 503)
-
-    async def status_route(self, _request: Request) -> Response:
-        return json_response(self.stats())
-
-    async def history_route(self, request: Request) -> Response:
-        """Newest first. Memory holds the last `history_size`; the store holds the days
-        before, so a time window (since/until on record_ts) is answered from the store."""
-        q = history.HistoryQuery.of(request, HISTORY_LIMIT_MAX)
-        source = request.query_params.get("source") or ("store" if q.windowed else "memory")
-        if source == "store":
-            items = await q.from_store(self.ctx.store, self.agent_id)
-        elif source == "memory":
-            items = (
-                history.newest(
-                    reversed(self.history), q.limit, q.machine_id, q.camera_id, q.since, q.until
-                )
-                if q.windowed
-                else self.recent(q.limit, q.machine_id, q.camera_id)
-            )
-        else:
-            raise ApiError(400, "bad_query", f"source: expected memory or store, got {source!r}")
-        return json_response(
-            {"agent_id": self.agent_id, "source": source, "count": len(items), "predictions": items}
-        )
 
     def parse_request(self, items: list[Any]) -> tuple[list[TelemetryRecord], list[Rejection]]:
         return self.ctx.machines.parse(items, source=f"http:{self.slug}")
@@ -756,13 +571,4 @@ class BaseAgent(abc.ABC):
         return json_response({"predictions": predictions, "rejected": rejections})
 
     def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/health", self.health_route),
-            Route("/status", self.status_route),
-            Route("/history", self.history_route),
-            Route("/predict", self.predict_route, methods=["POST"]),
-            Route("/reload", self.reload_route, methods=["POST"]),
-            Route("/start", self.start_route, methods=["POST"]),
-            Route("/stop", self.stop_route, methods=["POST"]),
-            WebSocketRoute("/ws", self.ws_route),
-        ]
+        return AgentRoutes(self).routes()

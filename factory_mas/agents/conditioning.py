@@ -19,7 +19,7 @@ Nothing here does I/O or reads a clock: every function is given the record time.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -29,7 +29,7 @@ from ..messages import Prediction
 from ..settings import AgentSettings
 
 # A machine or a camera (PPE).
-SubjectKey = Hashable
+SubjectKey = int | str
 # The threshold a value must reach for a level, lowest level first.
 Cuts = Sequence[tuple[float, Level]]
 

@@ -24,7 +24,7 @@ from ..store import FIRST_KEY_LOCK_KEY, api_keys, audit_change, serialize
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
-RANK = {role: rank for rank, role in enumerate(ROLES)}
+RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
 KEY_MARK = "fmk_"
 # "fmk_" and 8 random characters: enough to tell keys apart in lists and logs, far too
 # little to help guess the other 35.

@@ -14,7 +14,11 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..levels import RANK
+from ..agents.energy.agent import EnergyAgent
+from ..agents.energy.result import EnergyResult
+from ..agents.ppe.agent import PpeAgent
+from ..agents.ppe.result import PpeResult
+from ..levels import RANK, Level
 from ..messages import Decision, MachineCount, Prediction, ShiftFacts
 from ..store import alarm_events, alarms, decisions, sms_outbox
 
@@ -88,21 +92,24 @@ class Tally(msgspec.Struct, kw_only=True):
             for key, n in values.items():
                 counts[key] = counts.get(key, 0) + n
         for p in predictions:
-            if p.agent_id == "ppe_agent":
+            if p.agent_id == PpeAgent.agent_id:
                 self.ppe_frames += 1
-                self.ppe_compliant += bool(p.result.get("compliant"))
-            elif p.agent_id == "energy_agent" and p.machine_id is not None:
-                self._add_energy(p)
+                frame = PpeResult.of(p)
+                self.ppe_compliant += frame is not None and frame.compliant
+            elif p.agent_id == EnergyAgent.agent_id and p.machine_id is not None:
+                self._add_energy(p, p.machine_id)
 
-    def _add_energy(self, p: Prediction) -> None:
-        r = p.result
-        self.energy_anomalies += bool(r.get("is_anomaly"))
-        kw, at = float(r.get("consumption_kw", 0.0)), p.record_ts.timestamp()
-        last = self.last_power.get(p.machine_id)
+    def _add_energy(self, p: Prediction, machine_id: int) -> None:
+        r = EnergyResult.of(p)
+        if r is None:
+            return
+        self.energy_anomalies += r.is_anomaly
+        kw, at = r.consumption_kw, p.record_ts.timestamp()
+        last = self.last_power.get(machine_id)
         if last is not None and 0 < at - last[0] <= MAX_READING_GAP_H * 3600:
             # Trapezoids between consecutive readings of one machine.
             self.energy_kwh += (kw + last[1]) / 2 * (at - last[0]) / 3600
-        self.last_power[p.machine_id] = (at, kw)
+        self.last_power[machine_id] = (at, kw)
 
 
 @dataclass
@@ -170,8 +177,8 @@ def gather(conn: Connection, start: datetime, end: datetime, tally: Tally) -> Sh
         else []
     )
     by_source: Counter[str] = Counter()
-    by_level: Counter[str] = Counter()
-    by_machine: dict[int, list[str]] = {}
+    by_level: Counter[Level] = Counter()
+    by_machine: dict[int, list[Level]] = {}
     for r in rows:
         by_source[r.source] += 1
         by_level[r.highest_level] += 1

@@ -33,11 +33,12 @@ import msgspec
 import numpy as np
 import sqlalchemy as sa
 
+from ..agents.registry import AGENTS
 from ..errors import FactoryError
 from ..settings import ReplaySettings, Settings
 from ..sim.synthetic import FactorySimulator, Frame
 from ..store import alarm_events, alarms
-from .pipeline import bench_app, scored, settled, wait_for
+from .pipeline import at_least, bench_app, scored, settled, wait_for
 from .targets import target, verdict
 
 WARM_UP_S = 120.0
@@ -307,7 +308,7 @@ async def _replay(settings: Settings, hours: float) -> dict[str, Any]:
             await c.intake.accept(rows[start : start + per_batch], "bench:alarms")
             # Keep the agents' queues short: the hub would drop nothing, but a deep queue
             # measures memory, not alarms.
-            await wait_for(lambda done=start: scored(c) >= done, "the agents to keep up")
+            await wait_for(at_least(lambda: scored(c), start), "the agents to keep up")
         await wait_for(lambda: scored(c) >= len(rows), "the agents to score every record")
         await wait_for(lambda: settled(c), "alerts to settle")
         elapsed = time.perf_counter() - began
@@ -386,13 +387,14 @@ def unconditioned(settings: Settings) -> Settings:
     replace = msgspec.structs.replace
     agents = settings.agents
     raw = {
-        name: replace(getattr(agents, name), smoothing_records=1, deadband=0.0)
-        for name in ("pm", "energy", "cyber", "safety")
+        e.slug: replace(e.settings_of(settings), smoothing_records=1, deadband=0.0)
+        for e in AGENTS
+        if e.reads_telemetry
     }
     bare = {
-        name: replace(raw.get(name, getattr(agents, name)), on_delay_s=0.0, off_delay_s=0.0,
-                      type_delays={})
-        for name in ("pm", "energy", "cyber", "safety", "ppe")
+        e.slug: replace(raw.get(e.slug, e.settings_of(settings)), on_delay_s=0.0,
+                        off_delay_s=0.0, type_delays={})
+        for e in AGENTS
     }  # fmt: skip
     o = replace(settings.orchestrator, chatter_policy="mark", group_min_alarms=0)
     return replace(settings, agents=replace(agents, **bare), orchestrator=o)

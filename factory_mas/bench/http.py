@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 
+from ..agents.registry import AGENTS
 from ..errors import FactoryError
 from ..ml.inference import LatencyWindow
 from ..settings import Settings
@@ -49,7 +50,7 @@ STREAM_IN_FLIGHT = 4  # posts a paced stream may have in flight before it falls 
 WS_AGENT = "pm"  # the stream the listeners read: /api/pm/ws
 TIMEOUT_S = 180.0
 POLL_S = 0.005
-TELEMETRY_AGENTS = ("pm_agent", "energy_agent", "cyber_agent", "safety_agent")
+TELEMETRY_AGENTS = tuple(e.agent_id for e in AGENTS if e.reads_telemetry)
 # The sides of the GET comparison: (server, path).
 GET_SIDES = {
     "bare": ("bare", "/bare"),
@@ -562,7 +563,7 @@ class Run:
         connected = await asyncio.gather(*(c.ask("connect", TIMEOUT_S) for c in self.listeners))
         # The server's side of each connection (private, but this is the app's own bench):
         # its count of frames dropped for a slow reader outlives the connection.
-        readers = self.ws_agent._clients
+        readers = self.ws_agent.ws_clients
         await wait_until(
             lambda: len(readers) >= sum(a["connected"] for a in connected),
             "the listeners to be registered",

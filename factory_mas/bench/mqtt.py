@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..agents.registry import AGENTS
 from ..errors import FactoryError
 from ..settings import Settings
 from ..sim.synthetic import FactorySimulator
-from ..topics import TELEMETRY
+from ..topics import TELEMETRY, TELEMETRY_FILTER
 from .machine import machine_facts
+from .pipeline import at_least
 
 # -- bench --mqtt --------------------------------------------------------------------------
 #
@@ -46,14 +48,15 @@ class Mosquitto:
     def __init__(self) -> None:
         import shutil
 
-        self.binary = shutil.which("mosquitto") or shutil.which(
+        binary = shutil.which("mosquitto") or shutil.which(
             "mosquitto", path="/usr/sbin:/usr/local/sbin"
         )
-        if self.binary is None:
+        if binary is None:
             raise FactoryError(
                 "bench --mqtt needs mosquitto (not found on PATH or in /usr/sbin): "
                 "apt-get install mosquitto"
             )
+        self.binary = binary
         self.host = "127.0.0.1"
         self.port = 0
         self.version = ""
@@ -321,10 +324,7 @@ async def _app_cases(
     if not scoring:
         agent_settings = replace(
             agent_settings,
-            **{
-                name: replace(getattr(agent_settings, name), enabled=False)
-                for name in ("pm", "energy", "cyber", "safety", "ppe")
-            },
+            **{e.slug: replace(e.settings_of(settings), enabled=False) for e in AGENTS},
         )
     with tempfile.TemporaryDirectory(prefix="factory_mas-bench-data-") as data_dir:
         s = replace(
@@ -349,7 +349,9 @@ async def _app_cases(
         app = build_app(s)
         async with app.router.lifespan_context(app):
             c = app.state.components
-            agents = [a for a in c.agents if a.agent_id != "ppe_agent" and a.settings.enabled]
+            agents = [
+                a for a in c.agents if a.input_filter == TELEMETRY_FILTER and a.settings.enabled
+            ]
 
             def accepted() -> int:
                 return c.intake.accepted["mqtt"]
@@ -367,7 +369,7 @@ async def _app_cases(
                 publisher.go()
                 await publisher.published()
                 try:
-                    await _wait_for(lambda t=target: scored() >= t, "the warm-up", 5)
+                    await _wait_for(at_least(scored, target), "the warm-up", 5)
                     break
                 except FactoryError:
                     continue
@@ -381,10 +383,10 @@ async def _app_cases(
                 began = time.perf_counter()
                 publisher.go()
                 accepted_at = await _wait_for(
-                    lambda t=accepted_target: accepted() >= t, f"{name}: records accepted"
+                    at_least(accepted, accepted_target), f"{name}: records accepted"
                 )
                 scored_at = await _wait_for(
-                    lambda t=scored_target: scored() >= t, f"{name}: records scored"
+                    at_least(scored, scored_target), f"{name}: records scored"
                 )
                 await publisher.published()
                 results[name] = {

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from .. import topics
+from ..agents.base import BaseAgent
 from ..errors import FactoryError
 from ..hub import Overflow
 from ..ml.inference import LatencyWindow
@@ -68,7 +69,7 @@ def inference_limit(settings: Settings, records: int, budget_s: float) -> dict[s
     from ..ingest.schema import parse_many
 
     agents = asyncio.run(_loaded_agents(settings))
-    telemetry = [a for a in agents if a.agent_id != "ppe_agent"]
+    telemetry = [a for a in agents if a.input_filter == topics.TELEMETRY_FILTER]
     ppe = next((a for a in agents if a.agent_id == "ppe_agent"), None)
     decoded, bad = parse_many(raw_records(records), "bench")
     if bad:
@@ -83,17 +84,17 @@ def inference_limit(settings: Settings, records: int, budget_s: float) -> dict[s
 
     with ThreadPoolExecutor(settings.inference.threads) as pool:
 
-        def camera() -> None:
+        def camera(agent: BaseAgent) -> None:
             # Frames arrive one at a time from each camera: PPE_FPS single-frame calls.
             nonlocal frames_scored
             next_at = time.perf_counter()
             while not stop.is_set():
-                pool.submit(ppe.score, [frames[frames_scored % len(frames)]]).result()
+                pool.submit(agent.score, [frames[frames_scored % len(frames)]]).result()
                 frames_scored += 1
                 next_at += 1 / PPE_FPS
                 stop.wait(max(0.0, next_at - time.perf_counter()))
 
-        cam = threading.Thread(target=camera, daemon=True) if ppe is not None else None
+        cam = threading.Thread(target=camera, args=(ppe,), daemon=True) if ppe is not None else None
         if cam is not None:
             cam.start()
         calls = LatencyWindow(size=1 << 16)
@@ -150,12 +151,18 @@ async def bench_app(settings: Settings, **sections: Any) -> AsyncIterator[Any]:
 
 
 def telemetry_agents(c: Any) -> list[Any]:
-    return [a for a in c.agents if a.agent_id != "ppe_agent" and a.settings.enabled]
+    return [a for a in c.agents if a.input_filter == topics.TELEMETRY_FILTER and a.settings.enabled]
 
 
 def scored(c: Any) -> int:
     """Records every telemetry agent has scored: the slowest agent's count."""
     return min(a.counters["predictions"] for a in telemetry_agents(c))
+
+
+def at_least(count: Callable[[], int], target: int) -> Callable[[], bool]:
+    """A condition to wait for: `count()` has reached `target`, fixed now (in a loop, a
+    lambda would read the loop's latest target)."""
+    return lambda: count() >= target
 
 
 async def wait_for(reached: Callable[[], bool], what: str, timeout_s: float = _TIMEOUT_S) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from ..agents.registry import AGENTS
 from ..errors import FactoryError
 from ..settings import ENV_NAMES, SETTINGS_FILE_ENV, Settings, as_toml_tree, load_settings
 from ..sim.synthetic import FactorySimulator
@@ -47,7 +48,7 @@ STOP_TIMEOUT_S = 15.0
 # Scoring that makes no progress for this long has stopped: report what it reached.
 STALL_S = 30.0
 AGENTS_TIMEOUT_S = 60.0
-TELEMETRY_SLUGS = ("pm", "energy", "cyber", "safety")
+TELEMETRY_SLUGS = tuple(e.slug for e in AGENTS if e.reads_telemetry)
 BENCH_LOG_LEVEL = "info"
 # Shared-object paths that mean the library is in the process; `_pywrap_tensorflow` alone
 # would also match LiteRT's own interpreter wrapper, hence the folder names.
@@ -227,13 +228,8 @@ class TimedLog:
             phases.append({"phase": name, "s": at - last, "until_s": at})
             last = at
         lines = self.startup_lines
-        gaps = sorted(
-            (
-                {"s": b[0] - a[0], "at_s": a[0], "before": b[1][:120]}
-                for a, b in itertools.pairwise(lines)
-            ),
-            key=lambda g: -g["s"],
-        )[:3]
+        longest = sorted(itertools.pairwise(lines), key=lambda ab: ab[0][0] - ab[1][0])[:3]
+        gaps = [{"s": b[0] - a[0], "at_s": a[0], "before": b[1][:120]} for a, b in longest]
         return {"phases": phases, "longest_silences": gaps, "log_lines": len(lines)}
 
 

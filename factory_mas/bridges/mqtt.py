@@ -192,11 +192,10 @@ class MqttBridge:
         # The collectors finish what their queues hold (protected messages reach the store
         # outbox, sent at the next start); the connection simply ends. Telemetry received
         # but not yet acknowledged is redelivered by the broker to our persistent session.
-        *collectors, connection = self._tasks or [None]
+        collectors = self._tasks[:-1]  # the last task is the connection's
         if collectors:
             await asyncio.wait(collectors, timeout=5)
         await cancel_all(self._tasks)
-        del connection
         self._tasks = []
         self.connected = False
 

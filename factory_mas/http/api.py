@@ -21,6 +21,7 @@ from ..times import parse_instant
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
+Choice = TypeVar("Choice", bound=str)
 _encoder = msgspec.json.Encoder()
 
 
@@ -225,7 +226,7 @@ def query_time(request: Request, name: str) -> float | None:
         raise ApiError(400, "bad_query", f"{name}: {exc}, got {raw!r}") from None
 
 
-def query_choice(request: Request, name: str, allowed: Sequence[str]) -> tuple[str, ...]:
+def query_choice(request: Request, name: str, allowed: Sequence[Choice]) -> tuple[Choice, ...]:
     """A comma-separated list of values from `allowed`; empty means no filter."""
     raw = request.query_params.get(name) or ""
     values = tuple(v.strip() for v in raw.split(",") if v.strip())
@@ -236,7 +237,8 @@ def query_choice(request: Request, name: str, allowed: Sequence[str]) -> tuple[s
             "bad_query",
             f"{name}: {', '.join(map(repr, wrong))} is not one of {', '.join(allowed)}",
         )
-    return values
+    # The allowed entries themselves, which carry their literal type (ALARM_STATES, LEVELS).
+    return tuple(a for v in values for a in allowed if a == v)
 
 
 async def api_error_handler(_request: Request, exc: Exception) -> Response:

@@ -6,15 +6,16 @@ Inference latency is the one exception: a histogram's buckets need every observa
 each scored batch is observed once (through its agent's LatencyWindow).
 
 Each app has its own registry: tests build many apps in one process, and the default
-registry would refuse the second set of names.
+registry would refuse the second set of names. What is read is `Observed`: the app's
+components are one, and this module never imports the app.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,7 +30,6 @@ from ..orchestrator import logic
 
 if TYPE_CHECKING:
     from ..agents.base import BaseAgent
-    from ..app import Components
     from ..bridges.mqtt import MqttBridge
     from ..bridges.scada.service import ScadaBridge
     from ..history import HistoryWriter
@@ -80,10 +80,41 @@ def _by(
     return family
 
 
+class Observed(Protocol):
+    """The components a scrape reads."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def intake(self) -> Intake: ...
+
+    @property
+    def agents(self) -> Sequence[BaseAgent]: ...
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def orchestrator(self) -> Orchestrator: ...
+
+    @property
+    def notifier(self) -> Notifier: ...
+
+    @property
+    def mqtt(self) -> MqttBridge: ...
+
+    @property
+    def scada(self) -> ScadaBridge: ...
+
+    @property
+    def history(self) -> HistoryWriter: ...
+
+
 class FactoryCollector(Collector):
     """Reads the running components on every scrape (on the event loop, like /status)."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Observed) -> None:
         self.c = components
 
     def collect(self) -> Iterator[Metric]:
@@ -99,7 +130,7 @@ class FactoryCollector(Collector):
         yield from _history(c.history)
 
 
-def _process(c: Components) -> Iterable[Metric]:
+def _process(c: Observed) -> Iterable[Metric]:
     info = GaugeMetricFamily(
         PREFIX + "build_info", "Always 1; the labels say what runs.", labels=["version", "python"]
     )
@@ -119,7 +150,7 @@ def _ingest(intake: Intake) -> Iterable[Metric]:
     yield _by(CounterMetricFamily, "records_rejected", doc.format("rejected"), "source", rejected)
 
 
-def _agents(agents: list[BaseAgent]) -> Iterable[Metric]:
+def _agents(agents: Sequence[BaseAgent]) -> Iterable[Metric]:
     def each(key: str) -> dict[str, float]:
         return {a.agent_id: a.counters.get(key, 0) for a in agents}
 
@@ -295,7 +326,7 @@ def _history(history: HistoryWriter) -> Iterable[Metric]:
 class Metrics:
     """The registry of one app and its /metrics route."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Observed) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(FactoryCollector(components))
         # Memory, CPU seconds and open files of this process (from /proc; empty elsewhere).

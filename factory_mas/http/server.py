@@ -24,7 +24,7 @@ import resource
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
@@ -109,7 +109,15 @@ def _file_limit() -> int:
 _SERVERS: weakref.WeakKeyDictionary[Any, _Connections] = weakref.WeakKeyDictionary()
 
 
-class _SendDeadline:
+# The guards are mixed into uvicorn's protocol classes at run time (guarded_protocols);
+# the type checker sees them as the asyncio protocols they become.
+if TYPE_CHECKING:
+    _Protocol = asyncio.Protocol
+else:
+    _Protocol = object
+
+
+class _SendDeadline(_Protocol):
     """Aborts a connection whose writes stay paused (its peer reads nothing) too long."""
 
     send_timeout_s: float
@@ -117,13 +125,13 @@ class _SendDeadline:
     _send_timer: asyncio.TimerHandle | None = None
 
     def pause_writing(self) -> None:
-        super().pause_writing()  # type: ignore[misc]
+        super().pause_writing()
         if self._send_timer is None:
             loop = asyncio.get_running_loop()
             self._send_timer = loop.call_later(self.send_timeout_s, self.transport.abort)
 
     def resume_writing(self) -> None:
-        super().resume_writing()  # type: ignore[misc]
+        super().resume_writing()
         self._stop_send_timer()
 
     def _stop_send_timer(self) -> None:
@@ -146,7 +154,7 @@ class _HttpGuard(_SendDeadline):
     _cycle_seen: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(transport)
         state = _SERVERS.get(self.server_state)
         if state is None:
             state = _SERVERS[self.server_state] = _Connections(self.max_connections)
@@ -155,7 +163,7 @@ class _HttpGuard(_SendDeadline):
         state.make_room(len(self.connections))
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)  # type: ignore[misc]
+        super().data_received(data)
         if self._header_timer is None:
             return
         upgraded = self.transport.get_protocol() is not self
@@ -181,7 +189,7 @@ class _HttpGuard(_SendDeadline):
             self._wait_for_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)  # type: ignore[misc]
+        super().connection_lost(exc)
         self._headers_done()
         self._stop_send_timer()
         self._connections.evicting.discard(self)
@@ -206,7 +214,7 @@ class _HttpGuard(_SendDeadline):
 
 class _WsGuard(_SendDeadline):
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)  # type: ignore[misc]
+        super().connection_lost(exc)
         self._stop_send_timer()
 
 

@@ -37,7 +37,7 @@ def read_batches(path: Path, batch_size: int) -> Iterator[tuple[list[int], list[
             ended = reader.line_num
             for row in reader:
                 # DictReader puts surplus cells under None; they are not ours to judge.
-                row.pop(None, None)  # type: ignore[call-overload]
+                row.pop(None, None)
                 batch.append(row)
                 lines.append(ended + 1)
                 ended = reader.line_num

@@ -175,7 +175,7 @@ class CameraReplay(_Background):
     async def run(self) -> None:
         import numpy as np
 
-        from ..agents.ppe.logic import ITEMS
+        from ..messages import PPE_ITEMS as ITEMS
 
         rng = np.random.default_rng(self.settings.seed)
         missing: dict[str, tuple[int, int]] = {}  # camera -> (item index, frames left)

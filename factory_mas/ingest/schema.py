@@ -118,9 +118,9 @@ def _record_error(exc: msgspec.ValidationError, data: dict[str, Any]) -> RecordE
     if missing:
         return RecordError("required field is missing", field=missing["field"])
     field = path.lstrip(".").split(".")[0].split("[")[0] if path else None
-    if field in _CHOICES:
+    if field is not None and field in _CHOICES:
         reason = f"{data.get(field)!r} is not one of {', '.join(_CHOICES[field])}"
-    elif not _finite(data.get(field, 0)):
+    elif field is not None and not _finite(data.get(field, 0)):
         reason = f"{data.get(field)!r} is not a finite number"
     reason = reason.replace("Invalid RFC3339 encoded datetime", "not an ISO 8601 timestamp")
     return RecordError(reason, field=field or None)

@@ -11,7 +11,7 @@ computed (2p or 2p + 1), not looked up; and a level steps only the trees deeper 
 which spares the hazard classifier (trees 4 to 14 levels deep) about half of its steps.
 
 Results equal scikit-learn's bit for bit: the same leaves (see `_floor_float32`), and the
-per-tree contributions added in tree order, as scikit-learn adds them. tests/test_forest.py
+per-tree contributions added in tree order, as scikit-learn adds them. tests/ml/test_forest.py
 holds them to that.
 """
 

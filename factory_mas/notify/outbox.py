@@ -315,7 +315,7 @@ def summary(conn: Connection, now: float) -> tuple[dict[str, int], float | None,
 
 def counts(conn: Connection) -> tuple[dict[str, int], float | None]:
     """Rows by status (every status present, zeros included) and the last sent_at."""
-    by_status = dict.fromkeys(STATUSES, 0)
+    by_status: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for status, n in conn.execute(
         sa.select(sms_outbox.c.status, sa.func.count()).group_by(sms_outbox.c.status)
     ):

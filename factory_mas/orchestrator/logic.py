@@ -227,7 +227,7 @@ def counts(alarms: Iterable[Alarm], now: datetime) -> dict[str, object]:
     - shelved: open alarms shelved now (they stay in the other counts too).
     """
     by_state = Counter({state: 0 for state in ALARM_STATES})
-    by_level = Counter({level: 0 for level in LEVELS if level != "NORMAL"})
+    by_level: Counter[Level] = Counter({level: 0 for level in LEVELS if level != "NORMAL"})
     shelved = total = 0
     for alarm in alarms:
         total += 1

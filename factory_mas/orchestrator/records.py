@@ -26,7 +26,7 @@ _event = msgspec.json.Decoder(AlarmEvent)
 _alert = msgspec.json.Decoder(Alert)
 _decision = msgspec.json.Decoder(Decision)
 
-# Built once: a statement built per call costs more than running it (see store.py).
+# Built once: a statement built per call costs more than running it (see store/engine.py).
 _ALARM_INSERT = alarms.insert()
 _ALARM_UPDATE = alarms.update().where(alarms.c.id == sa.bindparam("b_id"))
 _EVENT_INSERT = alarm_events.insert()

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..agents.ppe.frames import to_model_input
-from ..agents.ppe.logic import ITEMS
+from ..messages import PPE_ITEMS as ITEMS
+from ..ml.images import to_model_input
 
 Color = tuple[int, int, int]
 
@@ -101,12 +101,17 @@ def _pick(rng: np.random.Generator, options: Sequence[Color]) -> Color:
 
 
 def _jitter(rng: np.random.Generator, color: Color, amount: int = 12) -> Color:
-    shift = rng.integers(-amount, amount + 1, 3)
-    return tuple(min(255, max(0, c + int(d))) for c, d in zip(color, shift, strict=True))
+    (r, g, b), (dr, dg, db) = color, rng.integers(-amount, amount + 1, 3)
+    return _channel(r + int(dr)), _channel(g + int(dg)), _channel(b + int(db))
 
 
 def _shade(color: Color, factor: float) -> Color:
-    return tuple(min(255, int(c * factor)) for c in color)
+    r, g, b = color
+    return _channel(r * factor), _channel(g * factor), _channel(b * factor)
+
+
+def _channel(value: float) -> int:
+    return min(255, max(0, int(value)))
 
 
 def _background(rng: np.random.Generator, side: int) -> Image.Image:
@@ -372,6 +377,7 @@ def _worker(rng: np.random.Generator, side: int, worn: dict[str, bool]) -> Image
 
     # Only the figure's box is turned: rotating the whole layer costs most of a render.
     box = layer.getbbox()
+    assert box is not None  # the figure was just drawn on the layer
     pad = int(body.height * 0.2)
     left, upper = max(0, box[0] - pad), max(0, box[1] - pad)
     region = layer.crop((left, upper, min(side, box[2] + pad), min(side, box[3] + pad)))

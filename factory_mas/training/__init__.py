@@ -5,19 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .cyber import train_cyber
-from .energy import train_energy
-from .pm import train_pm
-from .ppe import train_ppe
-from .safety import train_safety
+from ..agents.registry import AGENTS, Trainer
 
-TRAINERS = {
-    "pm_agent": train_pm,
-    "energy_agent": train_energy,
-    "cyber_agent": train_cyber,
-    "safety_agent": train_safety,
-    "ppe_agent": train_ppe,
-}
+# Imported here, not by the registry: serving never loads scikit-learn or TensorFlow.
+TRAINERS: dict[str, Trainer] = {e.agent_id: e.load_trainer() for e in AGENTS if e.trainer}
 
 
 def train_all(out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:

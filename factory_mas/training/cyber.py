@@ -24,9 +24,10 @@ from ..agents.cyber.model import (
     epoch_seconds,
     features,
 )
+from ..ml.forest import ForestIsolation
 from ..sim.synthetic import FactorySimulator
 from .common import ForestFile, Simulation, is_held_out, save_models
-from .forests import compile_forest
+from .forests import compile_as
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed data.
 MAD_TO_SD = 1.4826
@@ -68,7 +69,7 @@ def train_cyber(
     train, test = ~held_out, held_out
 
     fitted = IsolationForest(n_estimators=trees, max_samples=256, random_state=seed, n_jobs=1)
-    forest = compile_forest(fitted.fit(x[train]))
+    forest = compile_as(fitted.fit(x[train]), ForestIsolation)
     raw_train = -forest.score_samples(x[train])
     median, scale = robust_spread(x[train])
     calibration = Calibration(

@@ -14,7 +14,14 @@ from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomFore
 from sklearn.ensemble._iforest import _average_path_length
 
 from ..errors import ArtifactError
-from ..ml.forest import CompiledForest, ForestClassifier, ForestIsolation, ForestRegressor, Trees
+from ..ml.forest import (
+    CompiledForest,
+    Forest,
+    ForestClassifier,
+    ForestIsolation,
+    ForestRegressor,
+    Trees,
+)
 
 
 def _trees(estimators: list[Any], n_features: int, columns: list[np.ndarray] | None) -> Trees:
@@ -87,3 +94,14 @@ def compile_forest(model: Any) -> CompiledForest:
         return compiler(model)
     except ValueError as exc:
         raise ArtifactError(f"cannot compile this {type(model).__name__}: {exc}") from exc
+
+
+def compile_as(model: Any, kind: type[Forest]) -> Forest:
+    """compile_forest for a caller that fitted a known kind and uses its own methods
+    (an isolation forest's score_samples), as load_forest is for one read back."""
+    forest = compile_forest(model)
+    if not isinstance(forest, kind):
+        raise ArtifactError(
+            f"a {type(model).__name__} compiles to a {type(forest).__name__}, not a {kind.__name__}"
+        )
+    return forest

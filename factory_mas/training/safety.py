@@ -18,9 +18,10 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from ..agents.safety.model import AGENT_ID, CLASSES, FEATURES, SafetyModel, features
+from ..ml.forest import ForestClassifier
 from ..sim.synthetic import DEFAULT_PARAMS, FactorySimulator
 from .common import ForestFile, Simulation, is_held_out, save_models
-from .forests import compile_forest
+from .forests import compile_as
 
 # "A hazard is likelier than not": the default warning cut, where alerts start.
 ALERT_SCORE = 0.5
@@ -67,7 +68,7 @@ def train_safety(
         random_state=seed,
         n_jobs=1,
     ).fit(x[train_idx], y[train_idx])
-    classifier = compile_forest(fitted)
+    classifier = compile_as(fitted, ForestClassifier)
 
     probabilities = SafetyModel(classifier, version="").predict(x[test_idx])
     predicted = np.asarray(CLASSES)[probabilities.argmax(axis=1)]

@@ -15,6 +15,7 @@ from ...settings import CyberSettings
 from ..base import AgentContext, BaseAgent
 from . import logic
 from .model import AGENT_ID, FEATURES, CyberModel, LastReadings, Reading, features
+from .result import CyberResult
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class CyberAgent(BaseAgent):
         x = features(self.readings.add_deltas(columns_of(records), stamps))
         scores, _, zscores = self.model.predict(x)
         t = self.settings
-        out = []
+        out: list[Prediction] = []
         columns = (scores.tolist(), x.tolist(), zscores.tolist())
         memory = self.conditioner
         for record, raw, values, z in zip(records, *columns, strict=True):
@@ -67,14 +68,14 @@ class CyberAgent(BaseAgent):
                     record,
                     now,
                     level,
-                    {
-                        "anomaly_score": round(score, 4),
-                        "anomaly_score_raw": round(raw, 4),
-                        "is_anomaly": is_anomaly,
-                        "threat_level": threat,
-                        "consecutive_anomalies": run,
-                        "indicators": logic.indicators(FEATURES, values, z, t.indicator_zscore),
-                    },
+                    CyberResult(
+                        anomaly_score=round(score, 4),
+                        anomaly_score_raw=round(raw, 4),
+                        is_anomaly=is_anomaly,
+                        threat_level=threat,
+                        consecutive_anomalies=run,
+                        indicators=logic.indicators(FEATURES, values, z, t.indicator_zscore),
+                    ),
                 )
             )
         return out
@@ -104,6 +105,8 @@ class CyberAgent(BaseAgent):
         except msgspec.ValidationError as exc:
             log.error("%s: per-machine state unreadable, starting empty: %s", self.agent_id, exc)
             restored = CyberState()
-        known: dict[int, Reading] = {m: tuple(rest) for m, *rest in restored.readings}
+        known: dict[int, Reading] = {
+            m: (ts, latency, loss, errors) for m, ts, latency, loss, errors in restored.readings
+        }
         self.readings = LastReadings(known)
         self.runs = dict(restored.runs)

@@ -29,6 +29,7 @@ from ...settings import EnergySettings
 from ..base import AgentContext, BaseAgent
 from . import logic
 from .model import AGENT_ID, EMPTY, MODE_CODE, MODES, EnergyModel, next_baseline
+from .result import EnergyResult
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,8 @@ class EnergyAgent(BaseAgent):
         self.memory.update(touched)
 
         now = datetime.now(UTC)
-        out = []
-        rows = zip(
+        out: list[Prediction] = []
+        readings = zip(
             records,
             power.tolist(),
             forecast.tolist(),
@@ -128,7 +129,7 @@ class EnergyAgent(BaseAgent):
             strict=True,
         )
         conditioner = self.conditioner
-        for r, consumption, expected, usual, active, raw in rows:
+        for r, consumption, expected, usual, active, raw in readings:
             units = logic.units_per_kwh(r.production_speed, r.defect_rate_pct, consumption)
             score = conditioner.smooth(r.machine_id, "anomaly", raw, t.smoothing_records)
             j = logic.Judged(
@@ -150,16 +151,16 @@ class EnergyAgent(BaseAgent):
                     r,
                     now,
                     level,
-                    {
-                        "consumption_kw": round(consumption, 3),
-                        "forecast_kw": round(expected, 3),
-                        "baseline_kw": round(usual, 3),
-                        "anomaly_score": round(score, 4),
-                        "anomaly_score_raw": round(raw, 4),
-                        "is_anomaly": j.is_anomaly,
-                        "efficiency_score": j.efficiency_score,
-                        "recommendations": logic.recommendations(j, t),
-                    },
+                    EnergyResult(
+                        consumption_kw=round(consumption, 3),
+                        forecast_kw=round(expected, 3),
+                        baseline_kw=round(usual, 3),
+                        anomaly_score=round(score, 4),
+                        anomaly_score_raw=round(raw, 4),
+                        is_anomaly=j.is_anomaly,
+                        efficiency_score=j.efficiency_score,
+                        recommendations=logic.recommendations(j, t),
+                    ),
                 )
             )
         return out

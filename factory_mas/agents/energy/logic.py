@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ...levels import RANK, Level
 from ...settings import EnergySettings
@@ -52,7 +54,9 @@ def idle_waste(j: Judged, t: EnergySettings) -> bool:
 def is_anomaly(score: float, previous: Level | None, t: EnergySettings) -> bool:
     """A (smoothed) anomaly score over the threshold, with hysteresis: a machine already
     flagged stays flagged until its score is `deadband` under the threshold."""
-    was = "WARNING" if previous is not None and RANK[previous] >= RANK["WARNING"] else None
+    was: Level | None = (
+        "WARNING" if previous is not None and RANK[previous] >= RANK["WARNING"] else None
+    )
     cuts: list[tuple[float, Level]] = [(t.anomaly_score_threshold, "WARNING")]
     return level_with_deadband(score, cuts, was, t.deadband) == "WARNING"
 
@@ -130,7 +134,7 @@ def alert_type(is_anomaly: bool, level: Level) -> str:
     return "IDLE_WASTE" if level == "CAUTION" else "POWER_NORMAL"
 
 
-def alert_details(machine_id: int | None, result: dict) -> str:
+def alert_details(machine_id: int | None, result: Mapping[str, Any]) -> str:
     r = result
     text = (
         f"Machine {machine_id} draws {r['consumption_kw']:.1f} kW against a forecast of "

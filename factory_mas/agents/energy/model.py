@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from ...errors import ArtifactError
+from ...messages import OperationMode
 from ...ml.artifacts import load_entry, load_forest
 from ...ml.forest import ForestIsolation
 from ...ml.inference import LiteRtModel
 
 AGENT_ID = "energy_agent"
-MODES: tuple[str, ...] = ("Active", "Idle", "Maintenance")
+MODES: tuple[OperationMode, ...] = ("Active", "Idle", "Maintenance")
 MODE_CODE: dict[str, int] = {mode: code for code, mode in enumerate(MODES)}
 # Mode code of a window slot that holds no reading yet.
 EMPTY = -1
@@ -180,4 +181,5 @@ class EnergyModel:
         if len(power_kw) == 0:
             return np.zeros(0)
         features = anomaly_features(power_kw, forecast_kw, baseline_kw)
+        assert self.iforest is not None  # only training forecasts with a model that has none
         return calibrate(-self.iforest.score_samples(features), self.scaling)

@@ -11,6 +11,7 @@ from ...settings import PmSettings
 from ..base import BaseAgent
 from . import logic
 from .model import AGENT_ID, PmModel, features
+from .result import PmResult
 
 
 class PmAgent(BaseAgent):
@@ -47,15 +48,15 @@ class PmAgent(BaseAgent):
                     record,
                     now,
                     level,
-                    {
-                        "failure_probability": round(p, 4),
-                        "rul_hours": round(rul, 1),
-                        "failure_probability_raw": round(raw_p, 4),
-                        "rul_hours_raw": round(raw_rul, 1),
-                        "health_score": logic.health_score(p, rul, t),
-                        "confidence": logic.confidence(p),
-                        "action": logic.action_for(level, in_maintenance),
-                    },
+                    PmResult(
+                        failure_probability=round(p, 4),
+                        rul_hours=round(rul, 1),
+                        failure_probability_raw=round(raw_p, 4),
+                        rul_hours_raw=round(raw_rul, 1),
+                        health_score=logic.health_score(p, rul, t),
+                        confidence=logic.confidence(p),
+                        action=logic.action_for(level, in_maintenance),
+                    ),
                 )
             )
         return out

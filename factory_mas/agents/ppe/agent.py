@@ -24,6 +24,7 @@ from ... import topics
 from ...http.api import ApiError, json_response, read_body
 from ...hub import Message
 from ...messages import Alert, Prediction, Rejection
+from ...ml.images import to_model_input
 from ...settings import AgentSettings, PpeSettings
 from ..base import AgentContext, BaseAgent
 from . import logic
@@ -38,9 +39,9 @@ from .frames import (
     frames_of_objects,
     frames_of_payload,
     looks_like_json,
-    to_model_input,
 )
 from .model import AGENT_ID, PpeModel
+from .result import PpeResult
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,14 @@ class PpeAgent(BaseAgent):
                     produced_at=now,
                     model_version=self.model_version,
                     level=logic.level_for(missing, t),
-                    result={
-                        "probabilities": {
+                    result=PpeResult(
+                        probabilities={
                             item: round(p, 4) for item, p in zip(logic.ITEMS, row, strict=True)
                         },
-                        "missing_items": missing,
-                        "compliant": not missing,
-                        "raw_missing": logic.missing_of(seen),
-                    },
+                        missing_items=missing,
+                        compliant=not missing,
+                        raw_missing=logic.missing_of(seen),
+                    ).as_result(),
                 )
             )
         return out

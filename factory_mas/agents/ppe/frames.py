@@ -3,8 +3,8 @@
 Everything here is blocking (base64 and image decoding take milliseconds for a large frame),
 so the agent calls it on the inference pool. Each problem becomes a FrameError carrying the
 HTTP status and error code to answer with; the hub path turns the same errors into
-rejections. `to_model_input` is the one place a picture becomes model input, for training
-renders and camera frames alike.
+rejections. Pixels are scaled to the model's input by ml.images.to_model_input, as
+training renders are.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...errors import RecordError
 from ...http.api import ApiError, decode_json
+from ...ml.images import to_model_input
 
 # Camera formats only: Pillow opens dozens of formats, and every extra parser is attack
 # surface for bytes that come from the network.
@@ -68,16 +69,6 @@ class Limits:
     max_pixels: int
     # The model's input (height, width).
     size: tuple[int, int]
-
-
-def to_model_input(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    rgb = image.convert("RGB")
-    if rgb.size != (width, height):
-        # The whole frame is scaled to the input, not cropped: a gate camera frames the
-        # worker, and cropping would cut off the helmet or the boots first.
-        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def check_camera_id(value: Any) -> str:

@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from ...levels import Level
+from ...messages import PPE_ITEMS
 from ...settings import PpeSettings
 
-ITEMS: tuple[str, ...] = ("helmet", "boots", "pants", "shirt")
+# Assigned, not imported under this name, so that the agent, training and tests can read
+# it from here (an `import ... as` exports no name to a type checker).
+ITEMS = PPE_ITEMS
 
 
 def worn_items(probabilities: Mapping[str, float], threshold: float) -> frozenset[str]:

@@ -11,6 +11,7 @@ from ...settings import SafetySettings
 from ..base import BaseAgent
 from . import logic
 from .model import AGENT_ID, CLASSES, HAZARDS, SafetyModel, features
+from .result import SafetyResult
 
 
 class SafetyAgent(BaseAgent):
@@ -45,13 +46,13 @@ class SafetyAgent(BaseAgent):
                     record,
                     now,
                     level,
-                    {
-                        "hazard_score": round(score, 4),
-                        "hazard_score_raw": round(raw, 4),
-                        "hazard_type": kind,
-                        "safety_score": logic.safety_score(score),
-                        "evacuation_required": logic.evacuation_required(level),
-                    },
+                    SafetyResult(
+                        hazard_score=round(score, 4),
+                        hazard_score_raw=round(raw, 4),
+                        hazard_type=kind,
+                        safety_score=logic.safety_score(score),
+                        evacuation_required=logic.evacuation_required(level),
+                    ),
                 )
             )
         return out

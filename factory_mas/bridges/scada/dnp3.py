@@ -503,7 +503,7 @@ class _GuardedRunner(OutstationTcpRunner):
     def __init__(self, *args: Any, allow: ClientAllowList, **kwargs: Any) -> None:
         self._allow = allow
         super().__init__(*args, **kwargs)
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: asyncio.Server | None = None
         self._protocols: set[_Protocol] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -692,15 +692,15 @@ class Dnp3Server:
         db = self.outstation.database
         for p, value in items:
             if p.type == "Boolean":
-                point = db.binary_inputs[p.dnp3_input]
-                if point.value != bool(value) or not point.is_online:
+                binary = db.binary_inputs[p.dnp3_input]
+                if binary.value != bool(value) or not binary.is_online:
                     db.update_binary_input(p.dnp3_input, bool(value), timestamp=at)
                 if p.dnp3_output is not None:
                     db.update_binary_output(p.dnp3_output, bool(value), timestamp=at)
             else:
                 number = scaled(p, value)
-                point = db.analog_inputs[p.dnp3_input]
-                if point.value != number or not point.is_online:
+                analog = db.analog_inputs[p.dnp3_input]
+                if analog.value != number or not analog.is_online:
                     db.update_analog_input(p.dnp3_input, number, timestamp=at)
                 if p.dnp3_output is not None:
                     db.update_analog_output(p.dnp3_output, number, timestamp=at)

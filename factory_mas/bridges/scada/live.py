@@ -2,12 +2,13 @@
 
 `LiveValues` keeps the latest prediction per agent and machine (or camera) from the hub's
 predictions/# (a drop-oldest subscription: a slow SCADA side never holds up scoring) and
-computes every point's value on demand from that and the components' own state.
+computes every point's value on demand from that and the plant's view (ports.PlantView).
 
 `Writes` is the one way in for all three protocols: it checks a value against its point
-(writable, the caller's role, type, range), applies it through the Configurator
-(settings), the agent's life cycle (enabled) or the orchestrator (alarm acknowledge), and
-records every attempt, accepted or not, in the config audit trail with the peer's address.
+(writable, the caller's role, type, range), applies it through the plant's control
+(ports.PlantControl: the Configurator for settings, the agent's life cycle for enabled,
+the orchestrator for alarm acknowledge), and records every attempt, accepted or not, in
+the config audit trail with the peer's address.
 
 A write needs the role the HTTP API asks for the same change (`role_for_point`), so no
 protocol lets anyone do more than they could over HTTP: OPC UA users log in with an API
@@ -22,43 +23,51 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from ...agents.points import Setting, Subject
+from ...agents.registry import AGENTS, AgentEntry, Registry
 from ...auth.keys import Role, role_allows
 from ...auth.roles import Need, role_for
-from ...errors import FactoryError
 from ...http.limits import ClientAllowList
-from ...hub import Overflow, Subscription
+from ...hub import Hub, Overflow, Subscription
 from ...levels import RANK
 from ...messages import Prediction
-from ...orchestrator.logic import AlarmConflict
-from ...orchestrator.service import AlarmNotFound
-from ...store import audit_change
+from ...settings import Settings
+from ...store import Store, audit_change
 from ...tasks import cancel
 from ...topics import PREDICTIONS_FILTER, config_result
-from .points import AGENTS, LEVEL_CODES, THREAT_CODES, Point
-
-if TYPE_CHECKING:
-    from ...app import Components
+from .points import LEVEL_CODES, Point, machine_readings
+from .ports import PlantControl, PlantView, Refused, Value
 
 log = logging.getLogger(__name__)
-Value = bool | int | float
 
 
 class LiveValues:
-    def __init__(self, components: Components, points: list[Point]) -> None:
-        self.c = components
+    def __init__(
+        self,
+        settings: Settings,
+        plant: PlantView,
+        hub: Hub,
+        points: list[Point],
+        registry: Registry = AGENTS,
+    ) -> None:
+        self.settings = settings
+        self.plant = plant
+        self.hub = hub
         self.points = {p.name: p for p in points}
+        self.registry = registry
+        self.machine_readings = machine_readings(registry)
         # agent_id -> subject (machine id or camera id) -> latest prediction
-        self.latest: dict[str, dict[int | str, Prediction]] = {a: {} for a in AGENTS}
+        self.latest: dict[str, dict[Subject, Prediction]] = {e.agent_id: {} for e in registry}
         self.last_acked = 0
         self._sub: Subscription | None = None
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> LiveValues:
-        self._sub = self.c.hub.subscribe(
+        self._sub = self.hub.subscribe(
             PREDICTIONS_FILTER, name="scada", maxsize=1024, overflow=Overflow.DROP_OLDEST
         )
         self._task = asyncio.create_task(self._follow(), name="scada-live")
@@ -83,91 +92,69 @@ class LiveValues:
 
     def values(self) -> dict[str, Value]:
         """Every point's current value (type as in the table)."""
+        # Each latest result read as its agent's Struct once per call, not once per point.
+        typed = {
+            e.agent_id: {
+                subject: r
+                for subject, p in self.latest[e.agent_id].items()
+                if (r := e.result_type.of(p)) is not None
+            }
+            for e in self.registry
+        }
         out: dict[str, Value] = {}
         out.update(self._system())
-        for agent_id in AGENTS:
-            out.update(self._agent(agent_id))
-        for machine_id in self.c.settings.scada.machines:
-            out.update(self._machine(machine_id))
+        for entry in self.registry:
+            out.update(self._agent(entry, typed[entry.agent_id]))
+        for machine_id in self.settings.scada.machines:
+            out.update(self._machine(machine_id, typed))
         return {name: out.get(name, _zero(p)) for name, p in self.points.items()}
 
     def _system(self) -> dict[str, Value]:
-        o = self.c.orchestrator
+        plant = self.plant
         # The counts system-state, /metrics and the dashboard show: the per-level points
         # count active alarms, so they add up to ActiveAlarms.
-        counts = o.counts()
+        counts = plant.alarm_counts()
         by_level = {level: counts["by_level"].get(level, 0) for level in LEVEL_CODES}
         values: dict[str, Value] = {
-            "system.running": self.c.ready,
-            "system.agents_healthy": all(a.health()["healthy"] for a in self.c.agents),
+            "system.running": plant.ready,
+            "system.agents_healthy": all(a.health()["healthy"] for a in plant.agents),
             "system.alarms_active": counts["active"],
             "system.alarms_unacknowledged": counts["unacknowledged"],
-            "system.flood": o.flood.active,
-            "system.mqtt_connected": self.c.mqtt.connected,
+            "system.flood": plant.alarm_flood,
+            "system.mqtt_connected": plant.broker_connected,
             "system.acknowledge_alarm": self.last_acked,
         }
         for level, count in by_level.items():
             values[f"system.alarms_{level.lower()}"] = count
         return values
 
-    def _agent(self, agent_id: str) -> dict[str, Value]:
-        agent = next((a for a in self.c.agents if a.agent_id == agent_id), None)
+    def _agent(self, entry: AgentEntry, typed: dict[Subject, Any]) -> dict[str, Value]:
+        g = entry.agent_id
+        agent = next((a for a in self.plant.agents if a.agent_id == g), None)
         if agent is None:
             return {}
-        latest = list(self.latest[agent_id].values())
-        results = [p.result for p in latest]
-        g = agent_id
         values: dict[str, Value] = {
             f"{g}.enabled": agent.status == "running",
             f"{g}.healthy": bool(agent.health()["healthy"]),
-            f"{g}.level": max((LEVEL_CODES[p.level] for p in latest), default=0),
+            f"{g}.level": max((LEVEL_CODES[p.level] for p in self.latest[g].values()), default=0),
         }
-        for key in ("failure_probability_emergency", "rul_critical_hours", "rul_warning_hours",
-                    "anomaly_score_threshold", "high_after_anomalies", "hazard_score_warning",
-                    "hazard_score_critical", "threshold"):  # fmt: skip
-            if f"{g}.{key}" in self.points:
-                values[f"{g}.{key}"] = getattr(agent.settings, key)
-        if agent_id == "pm_agent" and latest:
-            worst = max(latest, key=lambda p: p.result["failure_probability"])
-            values[f"{g}.worst_machine"] = worst.machine_id or 0
-            values[f"{g}.worst_failure_probability"] = 100 * worst.result["failure_probability"]
-            values[f"{g}.worst_rul_hours"] = min(r["rul_hours"] for r in results)
-        elif agent_id == "energy_agent":
-            anomalous = sum(bool(r["is_anomaly"]) for r in results)
-            values[f"{g}.total_kw"] = sum(r["consumption_kw"] for r in results)
-            values[f"{g}.anomaly"] = anomalous > 0
-            values[f"{g}.anomalous_machines"] = anomalous
-        elif agent_id == "cyber_agent":
-            threats = [THREAT_CODES.get(r["threat_level"], 0) for r in results]
-            values[f"{g}.threat_level"] = max(threats, default=0)
-            values[f"{g}.anomalous_machines"] = sum(bool(r["is_anomaly"]) for r in results)
-        elif agent_id == "safety_agent":
-            values[f"{g}.max_hazard_score"] = 100 * max(
-                (r["hazard_score"] for r in results), default=0.0
-            )
-            values[f"{g}.evacuation_required"] = any(r["evacuation_required"] for r in results)
-        elif agent_id == "ppe_agent":
-            noncompliant = sum(not r["compliant"] for r in results)
-            values[f"{g}.compliant"] = noncompliant == 0
-            values[f"{g}.cameras_noncompliant"] = noncompliant
+        for d in entry.points.agent:
+            if isinstance(d, Setting):
+                values[f"{g}.{d.key}"] = getattr(agent.settings, d.key)
+            else:
+                values[f"{g}.{d.key}"] = d.value(typed)
         return values
 
-    def _machine(self, machine_id: int) -> dict[str, Value]:
+    def _machine(self, machine_id: int, typed: dict[str, dict[Subject, Any]]) -> dict[str, Value]:
         m = f"machine_{machine_id}"
-        found = {a: self.latest[a].get(machine_id) for a in AGENTS}
-        levels = [p.level for p in found.values() if p is not None]
+        levels = [p.level for by in self.latest.values() if (p := by.get(machine_id)) is not None]
         values: dict[str, Value] = {
             f"{m}.level": LEVEL_CODES[max(levels, key=RANK.__getitem__)] if levels else 0
         }
-        if (pm := found["pm_agent"]) is not None:
-            values[f"{m}.failure_probability"] = 100 * pm.result["failure_probability"]
-            values[f"{m}.rul_hours"] = pm.result["rul_hours"]
-        if (energy := found["energy_agent"]) is not None:
-            values[f"{m}.power_kw"] = energy.result["consumption_kw"]
-        if (safety := found["safety_agent"]) is not None:
-            values[f"{m}.hazard_score"] = 100 * safety.result["hazard_score"]
-        if (cyber := found["cyber_agent"]) is not None:
-            values[f"{m}.threat_level"] = THREAT_CODES.get(cyber.result["threat_level"], 0)
+        for entry, d in self.machine_readings:
+            result = typed[entry.agent_id].get(machine_id)
+            if result is not None:
+                values[f"{m}.{d.key}"] = d.value(result)
         return values
 
 
@@ -225,24 +212,29 @@ class WriteResult:
 class Writes:
     DISABLED = "SCADA writes are disabled (scada.writes_enabled)"
 
-    def __init__(self, components: Components, live: LiveValues) -> None:
-        self.c = components
+    def __init__(
+        self, settings: Settings, plant: PlantControl, hub: Hub, store: Store, live: LiveValues
+    ) -> None:
+        self.settings = settings.scada
+        self.plant = plant
+        self.hub = hub
+        self.store = store
         self.live = live
         self.points = live.points
-        s = components.settings.scada
+        s = self.settings
         self.write_clients = ClientAllowList(s.write_clients, "scada write clients")
 
     def client_role(self, host: str | None) -> Role:
         """A Modbus or DNP3 client's role: scada.write_clients_role for the addresses in
         scada.write_clients, viewer (reads only) for everyone else."""
         if self.write_clients.covers(host):
-            return self.c.settings.scada.write_clients_role
+            return self.settings.write_clients_role
         return "viewer"
 
     def may_write(self, point: Point, role: Role) -> bool:
         """Whether a caller of `role` may write `point` now (writes on, writable, role)."""
         return (
-            self.c.settings.scada.writes_enabled
+            self.settings.writes_enabled
             and point.writable
             and role_allows(role, role_for_point(point))
         )
@@ -266,7 +258,7 @@ class Writes:
         where = f"{origin} {peer}" if peer else origin
         by = by or where
         point = self.points.get(name)
-        if not self.c.settings.scada.writes_enabled:
+        if not self.settings.writes_enabled:
             result = WriteResult(False, "read_only", self.DISABLED)
         elif point is None:
             result = WriteResult(False, "not_found", f"no point {name!r}")
@@ -303,27 +295,22 @@ class Writes:
         kind, _, rest = point.target.partition(":")
         if kind == "setting":
             agent_id, _, key = rest.partition(":")
-            answer = await self.c.configurator.submit(
-                agent_id, {"set": {key: value}, "by": by}, origin
-            )
-            await self.c.hub.publish(config_result(agent_id), answer, origin="scada")
+            answer = await self.plant.change_setting(agent_id, key, value, by=by, origin=origin)
+            await self.hub.publish(config_result(agent_id), answer, origin="scada")
             if not answer.accepted:
                 code = "unavailable" if answer.code == "store_unavailable" else "rejected"
                 return WriteResult(False, code, answer.error or "refused", audited=True)
             return WriteResult(True, value=value, audited=True)
         if kind == "enabled":
-            agent = next((a for a in self.c.agents if a.agent_id == rest), None)
-            if agent is None:  # a control instance: the agents run on the ingest instances
-                return WriteResult(False, "rejected", f"{rest} does not run on this instance")
             try:
-                await agent.set_running(bool(value))
-            except FactoryError as exc:
+                await self.plant.set_running(rest, bool(value))
+            except Refused as exc:
                 return WriteResult(False, "rejected", str(exc))
             return WriteResult(True, value=bool(value))
         if kind == "command" and rest == "ack_alarm":
             try:
-                await self.c.orchestrator.ack(int(value), by, note=f"from {origin}")
-            except (AlarmNotFound, AlarmConflict) as exc:
+                await self.plant.ack_alarm(int(value), by=by, note=f"from {origin}")
+            except Refused as exc:
                 return WriteResult(False, "rejected", str(exc))
             self.live.last_acked = int(value)
             return WriteResult(True, value=int(value))
@@ -344,7 +331,7 @@ class Writes:
         target = point.target.split(":")[1] if point and ":" in point.target else "scada"
 
         try:
-            await self.c.store.write(
+            await self.store.write(
                 partial(
                     audit_change,
                     at=time.time(),

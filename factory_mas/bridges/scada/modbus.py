@@ -451,8 +451,8 @@ class ModbusServer:
                 # Unmapped, a point's second register, or half a float.
                 target = self.points["input"].get(a)
                 name = target.name if target is not None else f"modbus:holding:{a}"
-                whole = target is not None and (len(regs) == 2 or not self.float32)
-                raw = decode(target, regs, self.float32) if whole else regs
+                whole = len(regs) == 2 or not self.float32
+                raw = decode(target, regs, self.float32) if target is not None and whole else regs
                 await self._write_as_peer(name, raw)  # refused: not_found or read_only
                 return self._refuse(ExcCodes.ILLEGAL_ADDRESS)
             plan.append((point, regs))

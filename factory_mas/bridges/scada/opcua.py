@@ -101,6 +101,22 @@ KEYS_REREAD_MIN_S = 1.0
 CURRENT_READ, CURRENT_WRITE = ua.AccessLevel.CurrentRead.mask, ua.AccessLevel.CurrentWrite.mask
 
 
+# asyncua annotates its fields with marker subclasses (UInt32, Int16, String, DateTime) that
+# pick the binary encoding, yet takes plain ints, strings and datetimes, as its own code
+# passes them. The gap in its typing stays in these three places.
+def _status(code: int) -> ua.StatusCode:
+    return ua.StatusCode(code)  # type: ignore[arg-type]
+
+
+def _node_id(name: str, idx: int) -> ua.NodeId:
+    return ua.NodeId(name, idx)  # type: ignore[arg-type]
+
+
+def _data_value(variant: ua.Variant, at: datetime) -> ua.DataValue:
+    now = datetime.now(UTC)
+    return ua.DataValue(variant, SourceTimestamp=at, ServerTimestamp=now)  # type: ignore[arg-type]
+
+
 def eu_information(unit: str) -> ua.EUInformation:
     code, description = UNITS.get(unit, ("", unit))
     unit_id = -1  # "no code" (Part 8)
@@ -245,7 +261,7 @@ class _PointWrites(AttributeService):
             point = self.owner.by_node.get(item.NodeId)
             if point is None and item.NodeId not in self._aspace:
                 # asyncua checks a client's access level first and calls it denied.
-                results.append(ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))
+                results.append(_status(ua.StatusCodes.BadNodeIdUnknown))
             elif point is None or item.AttributeId != ua.AttributeIds.Value:
                 single = ua.WriteParameters(NodesToWrite=[item])
                 results += await super().write(single, user=user)
@@ -277,7 +293,7 @@ class OpcUaServer:
     def __init__(self, bridge: ScadaBridge) -> None:
         self.bridge = bridge
         self.settings = bridge.settings
-        self.data_dir = Path(bridge.c.settings.data_dir)
+        self.data_dir = Path(bridge.data_dir)
         s = self.settings
         self.endpoint = f"opc.tcp://{s.host}:{s.opcua_port}/factory_mas/"
         self.server: Server | None = None
@@ -288,7 +304,7 @@ class OpcUaServer:
         self.by_node: dict[ua.NodeId, Point] = {}
         self.certificate: Path | None = None
         self.writes = {"accepted": 0, "refused": 0}
-        self.users = _KeyUsers(bridge.c.store)
+        self.users = _KeyUsers(bridge.store)
         self._pending: dict[str, tuple[Value, datetime]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -361,14 +377,14 @@ class OpcUaServer:
         idx = await server.register_namespace(NAMESPACE)
         self.namespace_index = idx
         root = await server.nodes.objects.add_folder(
-            ua.NodeId(ROOT_FOLDER, idx), ua.QualifiedName(ROOT_FOLDER, idx)
+            _node_id(ROOT_FOLDER, idx), ua.QualifiedName(ROOT_FOLDER, idx)
         )
         folders: dict[str, Any] = {}
         for point in self.bridge.points:
             folder = folders.get(point.group)
             if folder is None:
                 folder = await root.add_folder(
-                    ua.NodeId(f"{ROOT_FOLDER}/{point.group}", idx),
+                    _node_id(f"{ROOT_FOLDER}/{point.group}", idx),
                     ua.QualifiedName(point.group, idx),
                 )
                 folders[point.group] = folder
@@ -388,7 +404,7 @@ class OpcUaServer:
 
     async def _add_variable(self, folder: Any, point: Point, idx: int) -> None:
         vt = VARIANT[point.type]
-        node_id = ua.NodeId(point.name, idx)
+        node_id = _node_id(point.name, idx)
         var = await folder.add_variable(node_id, ua.QualifiedName(point.browse_name, idx),
                                         PYTHON[point.type](0), vt)  # fmt: skip
         await var.write_attribute(
@@ -403,7 +419,7 @@ class OpcUaServer:
             await var.add_reference(ua.ObjectIds.AnalogItemType, definition, bidirectional=False)
         if point.unit:
             await var.add_property(
-                ua.NodeId(f"{point.name}.EngineeringUnits", idx),
+                _node_id(f"{point.name}.EngineeringUnits", idx),
                 ua.QualifiedName("EngineeringUnits", 0),
                 eu_information(point.unit),
                 datatype=ua.ObjectIds.EUInformation,
@@ -411,7 +427,7 @@ class OpcUaServer:
         if point.eu_range is not None:
             low, high = point.eu_range
             await var.add_property(
-                ua.NodeId(f"{point.name}.EURange", idx),
+                _node_id(f"{point.name}.EURange", idx),
                 ua.QualifiedName("EURange", 0),
                 ua.Range(Low=float(low), High=float(high)),
                 datatype=ua.ObjectIds.Range,
@@ -447,11 +463,7 @@ class OpcUaServer:
     async def _set(self, name: str, value: Value, at: datetime) -> None:
         assert self.server is not None
         point = self.by_node[self.nodes[name]]
-        dv = ua.DataValue(
-            ua.Variant(PYTHON[point.type](value), VARIANT[point.type]),
-            SourceTimestamp=at,
-            ServerTimestamp=datetime.now(UTC),
-        )
+        dv = _data_value(ua.Variant(PYTHON[point.type](value), VARIANT[point.type]), at)
         await self.server.iserver.aspace.write_attribute_value(
             self.nodes[name], ua.AttributeIds.Value, dv
         )
@@ -463,7 +475,7 @@ class OpcUaServer:
 
     async def client_write(self, point: Point, item: ua.WriteValue, caller: Who) -> ua.StatusCode:
         if item.IndexRange:
-            return ua.StatusCode(ua.StatusCodes.BadIndexRangeInvalid)
+            return _status(ua.StatusCodes.BadIndexRangeInvalid)
         dv = item.Value
         bad = dv is None or (dv.StatusCode is not None and not dv.StatusCode.is_good())
         variant = None if bad else dv.Value
@@ -479,17 +491,17 @@ class OpcUaServer:
         except Exception:
             log.exception("opcua: writing %s failed", point.name)
             self.writes["refused"] += 1
-            return ua.StatusCode(ua.StatusCodes.BadInternalError)
+            return _status(ua.StatusCodes.BadInternalError)
         if not result.ok:
             self.writes["refused"] += 1
             code = REFUSED.get(result.code or "", ua.StatusCodes.BadInvalidArgument)
-            return ua.StatusCode(code)
+            return _status(code)
         self.writes["accepted"] += 1
         if result.value is not None:
             # Read back at once what is in force; the next refresh confirms it.
             self._pending.pop(point.name, None)
             await self._set(point.name, result.value, datetime.now(UTC))
-        return ua.StatusCode(ua.StatusCodes.Good)
+        return _status(ua.StatusCodes.Good)
 
     # -- views -------------------------------------------------------------------------
 

@@ -16,36 +16,21 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
-from typing import Literal
 
 from msgspec import Struct
 
-from ...agents.pm.model import RUL_CAP_HOURS
+from ...agents.points import MachineReading, PointType, Range, Reading, Setting
+from ...agents.registry import AGENTS, AgentEntry, Registry
 from ...levels import LEVELS
 from ...settings import Settings
 
-PointType = Literal["Boolean", "Int32", "Float"]
-Range = tuple[float, float]  # low, high
 LEVEL_CODES = {level: code for code, level in enumerate(LEVELS)}
-THREAT_CODES = {"LOW": 0, "MEDIUM": 1, "HIGH": 2, "CRITICAL": 3}
 NAMESPACE = "http://6g-mas-factory.com"
 
-# OPC UA folders under Objects/MultiAgentSystem, one per agent, as the plant knows them.
-GROUPS = {
-    "system": "SystemStatus",
-    "pm_agent": "PredictiveMaintenance",
-    "energy_agent": "EnergyOptimization",
-    "cyber_agent": "CyberSecurity",
-    "safety_agent": "WorkplaceSafety",
-    "ppe_agent": "PPECompliance",
-    "machines": "Machines",
-}
+# OPC UA folders under Objects/MultiAgentSystem besides each agent's own (its points.py).
+SYSTEM_FOLDER = "SystemStatus"
+MACHINES_FOLDER = "Machines"
 _LEVEL_NOTE = "0 NORMAL, 1 CAUTION, 2 WARNING, 3 CRITICAL, 4 EMERGENCY"
-# Normal ranges: percentages are whole; the RUL model answers up to its cap; a machine of
-# the dataset draws up to 10 kW.
-PERCENT: Range = (0.0, 100.0)
-RUL_RANGE: Range = (0.0, RUL_CAP_HOURS)
-MACHINE_KW_MAX = 10.0
 
 
 class Point(Struct, frozen=True, kw_only=True):
@@ -88,97 +73,52 @@ class Point(Struct, frozen=True, kw_only=True):
         return None
 
 
-def _p(name: str, group: str, leaf: str, description: str, type_: PointType, **kw) -> Point:
-    return Point(name=name, group=GROUPS[group], browse_name=leaf, description=description,
+def _p(name: str, folder: str, leaf: str, description: str, type_: PointType, **kw) -> Point:
+    return Point(name=name, group=folder, browse_name=leaf, description=description,
                  type=type_, **kw)  # fmt: skip
 
 
-def _setting(agent_id: str, key: str, settings: Settings, description: str, unit: str = "",
-             scale: float = 1.0, normal_range: Range | None = None) -> Point:  # fmt: skip
+def _setting(entry: AgentEntry, d: Setting, settings: Settings) -> Point:
     from msgspec import inspect as mi
 
-    section = getattr(settings.agents, agent_id.removesuffix("_agent"))
-    info = mi.type_info(type(section))
-    t = next(f.type for f in info.fields if f.name == key)
+    g = entry.agent_id
+    info = mi.type_info(type(entry.settings_of(settings)))
+    assert isinstance(info, mi.StructType)  # every settings section is a Struct
+    t = next(f.type for f in info.fields if f.name == d.key)
     lo = getattr(t, "ge", None) if getattr(t, "ge", None) is not None else getattr(t, "gt", None)
     hi = getattr(t, "le", None) if getattr(t, "le", None) is not None else getattr(t, "lt", None)
     kind: PointType = "Int32" if isinstance(t, mi.IntType) else "Float"
-    leaf = "".join(part.capitalize() for part in key.split("_"))
-    return _p(f"{agent_id}.{key}", agent_id, leaf, description, kind, unit=unit, scale=scale,
-              writable=True, lo=lo, hi=hi, target=f"setting:{agent_id}:{key}",
-              normal_range=normal_range)  # fmt: skip
+    leaf = "".join(part.capitalize() for part in d.key.split("_"))
+    return _p(f"{g}.{d.key}", entry.points.folder, leaf, d.description, kind, unit=d.unit,
+              scale=d.scale, writable=True, lo=lo, hi=hi, target=f"setting:{g}:{d.key}",
+              normal_range=d.normal_range)  # fmt: skip
 
 
-def _agent_points(agent_id: str, settings: Settings) -> list[Point]:
-    g = agent_id
+def _reading(entry: AgentEntry, d: Reading, settings: Settings) -> Point:
+    normal: Range | None = d.normal_range(settings) if callable(d.normal_range) else d.normal_range
+    return _p(f"{entry.agent_id}.{d.key}", entry.points.folder, d.browse_name, d.description,
+              d.type, unit=d.unit, scale=d.scale, lo=d.lo, hi=d.hi,
+              normal_range=normal)  # fmt: skip
+
+
+def _agent_points(entry: AgentEntry, settings: Settings) -> list[Point]:
+    g, folder = entry.agent_id, entry.points.folder
     common = [
-        _p(f"{g}.enabled", g, "Enabled", "the agent runs (write false to stop it, true to "
+        _p(f"{g}.enabled", folder, "Enabled", "the agent runs (write false to stop it, true to "
            "start it)", "Boolean", writable=True, lo=0, hi=1, target=f"enabled:{g}"),
-        _p(f"{g}.healthy", g, "Healthy", "running (or disabled on purpose) without error",
+        _p(f"{g}.healthy", folder, "Healthy", "running (or disabled on purpose) without error",
            "Boolean"),
-        _p(f"{g}.level", g, "Level", f"worst level over its machines: {_LEVEL_NOTE}", "Int32",
-           lo=0, hi=4),
+        _p(f"{g}.level", folder, "Level", f"worst level over its machines: {_LEVEL_NOTE}",
+           "Int32", lo=0, hi=4),
     ]  # fmt: skip
-    # Built lazily: each list only makes sense for its own agent's settings.
-    specific = {
-        "pm_agent": lambda: [
-            _p(f"{g}.worst_machine", g, "WorstMachine", "machine with the highest failure "
-               "probability (0 = none yet)", "Int32"),
-            _p(f"{g}.worst_failure_probability", g, "WorstFailureProbability", "its "
-               "probability of failing within 24 h", "Float", unit="%", scale=10,
-               normal_range=PERCENT),
-            _p(f"{g}.worst_rul_hours", g, "WorstRulHours", "shortest remaining useful life "
-               "over all machines", "Float", unit="h", scale=10, normal_range=RUL_RANGE),
-            _setting(g, "failure_probability_emergency", settings, "EMERGENCY from this "
-                     "failure probability", scale=1000),
-            _setting(g, "rul_critical_hours", settings, "CRITICAL below this RUL", "h", 10,
-                     RUL_RANGE),
-            _setting(g, "rul_warning_hours", settings, "WARNING below this RUL", "h", 10,
-                     RUL_RANGE),
-        ],
-        "energy_agent": lambda: [
-            _p(f"{g}.total_kw", g, "TotalPower", "sum of every machine's latest draw", "Float",
-               unit="kW", scale=10,
-               normal_range=(0.0, MACHINE_KW_MAX * settings.replay.machines)),
-            _p(f"{g}.anomaly", g, "Anomaly", "some machine's latest reading is a power "
-               "anomaly", "Boolean"),
-            _p(f"{g}.anomalous_machines", g, "AnomalousMachines", "machines whose latest "
-               "reading is a power anomaly", "Int32"),
-            _setting(g, "anomaly_score_threshold", settings, "anomaly from this score",
-                     scale=1000),
-        ],
-        "cyber_agent": lambda: [
-            _p(f"{g}.threat_level", g, "ThreatLevel", "worst threat: 0 LOW, 1 MEDIUM, 2 HIGH, "
-               "3 CRITICAL", "Int32", lo=0, hi=3),
-            _p(f"{g}.anomalous_machines", g, "AnomalousMachines", "machines whose latest "
-               "network reading is anomalous", "Int32"),
-            _setting(g, "high_after_anomalies", settings, "consecutive anomalies for threat "
-                     "HIGH"),
-        ],
-        "safety_agent": lambda: [
-            _p(f"{g}.max_hazard_score", g, "MaxHazardScore", "highest hazard score over all "
-               "machines", "Float", unit="%", scale=10, normal_range=PERCENT),
-            _p(f"{g}.evacuation_required", g, "EvacuationRequired", "some machine calls for "
-               "evacuation", "Boolean"),
-            _setting(g, "hazard_score_warning", settings, "WARNING from this hazard score",
-                     scale=1000),
-            _setting(g, "hazard_score_critical", settings, "CRITICAL from this hazard score",
-                     scale=1000),
-        ],
-        "ppe_agent": lambda: [
-            _p(f"{g}.compliant", g, "Compliant", "every camera's workers wear their PPE",
-               "Boolean"),
-            _p(f"{g}.cameras_noncompliant", g, "CamerasNonCompliant", "cameras that see a "
-               "worker without an item", "Int32"),
-            _setting(g, "threshold", settings, "an item is seen from this probability",
-                     scale=1000),
-        ],
-    }  # fmt: skip
-    return common + specific[agent_id]()
+    return common + [
+        _setting(entry, d, settings) if isinstance(d, Setting) else _reading(entry, d, settings)
+        for d in entry.points.agent
+    ]
 
 
 def _system_points() -> list[Point]:
-    g = "system"
+    g = SYSTEM_FOLDER
     points = [
         _p("system.running", g, "Running", "factory_mas is up and ready", "Boolean"),
         _p("system.agents_healthy", g, "AgentsHealthy", "every enabled agent runs", "Boolean"),
@@ -204,35 +144,31 @@ def _system_points() -> list[Point]:
     return points
 
 
-def _machine_points(machine_id: int) -> list[Point]:
-    m, g = f"machine_{machine_id}", "machines"
+def machine_readings(registry: Registry) -> list[tuple[AgentEntry, MachineReading]]:
+    """Every agent's per-machine readings, in the order of each machine's block."""
+    found = [(entry, d) for entry in registry for d in entry.points.machine]
+    return sorted(found, key=lambda pair: pair[1].slot)
+
+
+def _machine_points(machine_id: int, registry: Registry) -> list[Point]:
+    m, g = f"machine_{machine_id}", MACHINES_FOLDER
     prefix = f"Machine{machine_id}"
-    return [
-        _p(f"{m}.level", g, f"{prefix}_Level", f"worst level of machine {machine_id} over "
-           f"the agents: {_LEVEL_NOTE}", "Int32", lo=0, hi=4),
-        _p(f"{m}.failure_probability", g, f"{prefix}_FailureProbability", "probability of "
-           "failing within 24 h", "Float", unit="%", scale=10, normal_range=PERCENT),
-        _p(f"{m}.rul_hours", g, f"{prefix}_RulHours", "remaining useful life", "Float",
-           unit="h", scale=10, normal_range=RUL_RANGE),
-        _p(f"{m}.power_kw", g, f"{prefix}_Power", "latest power draw", "Float", unit="kW",
-           scale=100, normal_range=(0.0, MACHINE_KW_MAX)),
-        _p(f"{m}.hazard_score", g, f"{prefix}_HazardScore", "safety hazard score", "Float",
-           unit="%", scale=10, normal_range=PERCENT),
-        _p(f"{m}.threat_level", g, f"{prefix}_ThreatLevel", "network threat: 0 LOW .. 3 "
-           "CRITICAL", "Int32", lo=0, hi=3),
+    level = _p(f"{m}.level", g, f"{prefix}_Level", f"worst level of machine {machine_id} over "
+               f"the agents: {_LEVEL_NOTE}", "Int32", lo=0, hi=4)  # fmt: skip
+    return [level] + [
+        _p(f"{m}.{d.key}", g, f"{prefix}_{d.browse_suffix}", d.description, d.type, unit=d.unit,
+           scale=d.scale, lo=d.lo, hi=d.hi, normal_range=d.normal_range)
+        for _, d in machine_readings(registry)
     ]  # fmt: skip
 
 
-AGENTS = ("pm_agent", "energy_agent", "cyber_agent", "safety_agent", "ppe_agent")
-
-
-def build_points(settings: Settings) -> list[Point]:
+def build_points(settings: Settings, registry: Registry = AGENTS) -> list[Point]:
     """The whole table, with protocol addresses assigned in table order."""
     drafts = _system_points()
-    for agent_id in AGENTS:
-        drafts += _agent_points(agent_id, settings)
+    for entry in registry:
+        drafts += _agent_points(entry, settings)
     for machine_id in settings.scada.machines:
-        drafts += _machine_points(machine_id)
+        drafts += _machine_points(machine_id, registry)
     points: list[Point] = []
     next_register = {"input": 0, "holding": 0}
     next_input = {"analog": 0, "binary": 0}

@@ -9,6 +9,10 @@ With `background=True` the servers start after the bridge has been entered inste
 before: importing asyncua, pymodbus and dnp3 and building OPC UA's address space take
 seconds, which `python -m factory_mas` should not wait for before it answers HTTP. Until
 they are up, /health says so ("scada: starting", status degraded).
+
+The bridge reads and steers the plant only through the two ports of ports.py; the hub
+brings it the predictions, the store the API keys OPC UA users log in with and the audit
+trail of every write.
 """
 
 from __future__ import annotations
@@ -18,19 +22,21 @@ import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ...agents.registry import AGENTS, Registry
 from ...http.api import json_response
+from ...hub import Hub
+from ...settings import Settings
+from ...store import Store
 from ...tasks import cancel
 from .live import LiveValues, Value, Writes
 from .points import Point, build_points, rows
-
-if TYPE_CHECKING:
-    from ...app import Components
+from .ports import PlantControl, PlantView
 
 log = logging.getLogger(__name__)
 # On shutdown, how long a background start still in progress may take to finish, so that
@@ -56,13 +62,24 @@ class ProtocolServer(Protocol):
 
 
 class ScadaBridge:
-    def __init__(self, components: Components, *, background: bool = False) -> None:
-        self.c = components
+    def __init__(
+        self,
+        settings: Settings,
+        view: PlantView,
+        control: PlantControl,
+        hub: Hub,
+        store: Store,
+        *,
+        background: bool = False,
+        registry: Registry = AGENTS,
+    ) -> None:
         self.background = background
-        self.settings = components.settings.scada
-        self.points: list[Point] = build_points(components.settings)
-        self.live = LiveValues(components, self.points)
-        self.writes = Writes(components, self.live)
+        self.settings = settings.scada
+        self.data_dir = settings.data_dir
+        self.store = store
+        self.points: list[Point] = build_points(settings, registry)
+        self.live = LiveValues(settings, view, hub, self.points, registry)
+        self.writes = Writes(settings, control, hub, store, self.live)
         self.servers: list[ProtocolServer] = []
         self.last: dict[str, Value] = {}
         self.updated_at: datetime | None = None
