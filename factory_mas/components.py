@@ -7,7 +7,7 @@ checkpoint, then the pool and the store close. A component that fails to start u
 the ones already started. The same rows give the app its routes and /status its sections.
 
 Roles (`serve --role`, settings `instance.role`) split the same components between
-processes that share a broker and a database (see README, "Scale-out"): `all` runs every
+processes that share a broker and a database (see docs/configuration.md, "Scale-out"): `all` runs every
 one; `ingest` the telemetry side (intake, agents, history, configurator); `control` the
 operator side (orchestrator, planner, texts, shift summaries, SCADA, dashboard). Every
 component object is built in every role, so /metrics and the SCADA table keep one shape;

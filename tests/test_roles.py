@@ -4,7 +4,7 @@ them (tests/support/mqtt_broker.py, tests/support/postgres.py), and real server 
 
 mosquitto hands a shared subscription's messages round-robin, so one machine's records
 reach both ingest instances: the end-to-end test checks counts, duplicates and alarms,
-never per-machine state (that needs a broker that hashes by topic; see README).
+never per-machine state (that needs a broker that hashes by topic; see docs/configuration.md).
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class OrchestratorRoutes:
 
     async def kpis(self, request: Request) -> Response:
         """Alarm performance over ?since=&until= (ISO 8601 or Unix seconds); by default
-        the last 24 hours. Definitions: README, "Alarm philosophy"."""
+        the last 24 hours. Definitions: docs/alarms.md, "Alarm philosophy"."""
         now = time.time()
         until = query_time(request, "until")
         until = now if until is None else until
