@@ -7,12 +7,13 @@ checkpoint, then the pool and the store close. A component that fails to start u
 the ones already started. The same rows give the app its routes and /status its sections.
 
 Roles (`serve --role`, settings `instance.role`) split the same components between
-processes that share a broker and a database (see docs/configuration.md, "Scale-out"): `all` runs every
-one; `ingest` the telemetry side (intake, agents, history, configurator); `control` the
-operator side (orchestrator, planner, texts, shift summaries, SCADA, dashboard). Every
-component object is built in every role, so /metrics and the SCADA table keep one shape;
-a role enters, routes and reports only the rows it runs (`ROLE_RUNS`); in their place the
-other role's paths answer 404 saying where they are served.
+processes that share a broker and a database (see docs/configuration.md, "Scale-out"):
+`all` runs every one; `ingest` the telemetry side (intake, agents, history, configurator);
+`control` the operator side (orchestrator, planner, texts, shift summaries, SCADA,
+dashboard). Every component object is built in every role, so /metrics and the SCADA
+table keep one shape; a role enters, routes and reports only the rows it runs
+(`ROLE_RUNS`); in their place the other role's paths answer 404 saying where they are
+served.
 """
 
 from __future__ import annotations
