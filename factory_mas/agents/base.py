@@ -365,7 +365,7 @@ class BaseAgent(abc.ABC):
 
     async def process(
         self,
-        records: Sequence[TelemetryRecord],
+        records: Sequence[Any],
         positions: Sequence[tuple[int, int] | None] = (),
     ) -> list[Prediction]:
         """Score, remember, alert and publish; returns the predictions. `positions`:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import FactoryError
-from ..store import FIRST_KEY_LOCK_KEY, api_keys, audit_change, serialize
+from ..store import FIRST_KEY_LOCK_KEY, api_keys, audit_change, inserted_id, serialize
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
@@ -100,7 +100,7 @@ def add(
             created_by=created_by[:200],
         )
     )
-    key_id = int(result.inserted_primary_key[0])
+    key_id = inserted_id(result)
     _audit(conn, now, "add", {"id": key_id, "name": name, "role": role}, created_by, origin)
     return key_id, key
 

@@ -29,7 +29,7 @@ from ..http.api import ApiError, json_response, query_int
 from ..hub import Hub, Subscription
 from ..messages import Prediction, ShiftSummary
 from ..settings import BacklogSettings
-from ..store import Store, put_checkpoint, shift_summaries
+from ..store import Store, inserted_id, put_checkpoint, shift_summaries
 from ..tasks import cancel
 from ..topics import PREDICTIONS_FILTER, SHIFT_SUMMARY
 from . import facts as F
@@ -81,7 +81,7 @@ def _insert(conn: Connection, summary: ShiftSummary) -> int | None:
             data=b"",
         )
     )
-    summary.id = int(result.inserted_primary_key[0])
+    summary.id = inserted_id(result)
     conn.execute(
         shift_summaries.update()
         .where(shift_summaries.c.id == summary.id)

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from ..levels import RANK
 from ..messages import Decision, Notified
 from ..settings import NotifySettings
-from ..store import sms_outbox, sms_outbox_alarms
+from ..store import inserted_id, sms_outbox, sms_outbox_alarms
 
 Status = Literal["queued", "sent", "held", "digested", "cooldown", "not_configured", "failed"]
 STATUSES: tuple[Status, ...] = (
@@ -172,19 +172,21 @@ def queue_decision(
 def _add_row(conn: Connection, alarm_ids: Sequence[int], **values: object) -> int:
     """Insert an outbox row and its links to the alarms it is about; returns its id."""
     ids = sorted(set(alarm_ids))
-    row_id = conn.execute(
-        sms_outbox.insert().values(
-            alarm_ids=json.dumps(ids),
-            attempts=0,
-            next_attempt_at=values["created_at"],
-            **values,
+    row_id = inserted_id(
+        conn.execute(
+            sms_outbox.insert().values(
+                alarm_ids=json.dumps(ids),
+                attempts=0,
+                next_attempt_at=values["created_at"],
+                **values,
+            )
         )
-    ).inserted_primary_key[0]
+    )
     if ids:
         conn.execute(
             sms_outbox_alarms.insert(), [{"outbox_id": row_id, "alarm_id": a} for a in ids]
         )
-    return int(row_id)
+    return row_id
 
 
 def _all_texted_recently(

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..messages import Alarm, AlarmEvent, AlarmState, Alert, Decision
-from ..store import alarm_events, alarms, alerts, decisions
+from ..store import alarm_events, alarms, alerts, decisions, inserted_id
 from .kpis import ACTIVATIONS, KINDS, Event
 from .logic import Change, Key, is_open, key_of
 
@@ -81,7 +81,7 @@ def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change])
                 alarm.id = assigned[key]
             else:
                 result = conn.execute(_ALARM_INSERT, _columns(alarm, change.plan))
-                alarm.id = assigned[key] = int(result.inserted_primary_key[0])
+                alarm.id = assigned[key] = inserted_id(result)
         owed = final[alarm.id][1] if alarm.id in final else False
         final[alarm.id] = (alarm, owed or change.plan)
         if not is_open(alarm):

@@ -4,9 +4,9 @@ numbers and checks the sections share."""
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, dataclass_transform
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Struct, field
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -16,6 +16,10 @@ Probability = Annotated[float, Meta(ge=0, le=1)]
 Seconds = Annotated[float, Meta(ge=0, le=86_400)]
 
 
+# Sections inherit frozen and kw_only at run time, but a type checker reads them from each
+# class's own keywords (PEP 681) and would take every section for mutable: declared here
+# once rather than repeated on every section (msgspec#657).
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
 class Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     pass
 

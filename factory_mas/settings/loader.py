@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,14 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 SETTINGS_FILE_ENV = "FACTORY_SETTINGS"
 
 
-def _leaves(info: mi.StructType, prefix: tuple[str, ...] = ()):
+def _leaves(
+    info: mi.Type, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], mi.Type]]:
+    if not isinstance(info, mi.StructType):
+        yield prefix, info
+        return
     for f in info.fields:
-        path = (*prefix, f.name)
-        if isinstance(f.type, mi.StructType):
-            yield from _leaves(f.type, path)
-        else:
-            yield path, f.type
+        yield from _leaves(f.type, (*prefix, f.name))
 
 
 _TYPE_INFO = mi.type_info(Settings)
@@ -108,10 +109,10 @@ def _env_value(raw: str, t: mi.Type) -> Any:
                 for key, _, value in pairs
             }
         return {key.strip(): value.strip() for key, _, value in pairs}
-    if isinstance(t, mi.LiteralType) and all(isinstance(v, str) for v in t.values):
+    if isinstance(t, mi.LiteralType):
         # LOG_LEVEL=INFO and log_level="info" are both common spellings.
         for v in t.values:
-            if v.lower() == raw.strip().lower():
+            if isinstance(v, str) and v.lower() == raw.strip().lower():
                 return v
     return raw.strip()
 

@@ -29,7 +29,7 @@ from .schema import (
     sms_outbox,
     sms_outbox_alarms,
 )
-from .transaction import FIRST_KEY_LOCK_KEY, audit_change, put_checkpoint, serialize
+from .transaction import FIRST_KEY_LOCK_KEY, audit_change, inserted_id, put_checkpoint, serialize
 
 __all__ = [
     "FIRST_KEY_LOCK_KEY",
@@ -45,6 +45,7 @@ __all__ = [
     "database_url",
     "decisions",
     "inbox",
+    "inserted_id",
     "metadata",
     "mqtt_outbox",
     "predictions",

@@ -29,7 +29,7 @@ from ..errors import StoreError
 from ..times import iso
 from .migrations import migrate
 from .schema import checkpoints, inbox
-from .transaction import put_checkpoint
+from .transaction import inserted_id, put_checkpoint
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class Store:
         now = time.time()
         with self.engine.begin() as conn:
             return [
-                int(
+                inserted_id(
                     conn.execute(
                         _INBOX_INSERT,
                         {
@@ -274,7 +274,7 @@ class Store:
                             "received_at": now,
                             "data": data,
                         },
-                    ).inserted_primary_key[0]
+                    )
                 )
                 for data in messages
             ]

@@ -4,10 +4,11 @@ checkpoint, a row of the audit trail, and waiting for another process's check-th
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult
 
 from .schema import checkpoints, config_changes
 
@@ -37,6 +38,15 @@ def put_checkpoint(conn: Connection, name: str, data: bytes) -> None:
     ).rowcount
     if not updated:
         conn.execute(_CHECKPOINT_INSERT, {"name": name, "data": data, "updated_at": now})
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The id the database gave the one row an INSERT added."""
+    key = result.inserted_primary_key
+    # SQLAlchemy types the key as optional: it is None only for a statement that is no insert.
+    if key is None:
+        raise TypeError("no row was inserted, so there is no inserted id")
+    return int(key[0])
 
 
 def audit_change(
