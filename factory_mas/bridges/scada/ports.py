@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from ...agents.points import Value
 from ...configure.requests import ConfigResult
 from ...errors import FactoryError
-
-Value = bool | int | float
 
 
 class Refused(FactoryError):
