@@ -25,11 +25,10 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -113,18 +112,8 @@ def role_mqtt_settings(settings: Settings) -> MqttSettings:
 # -- the table ---------------------------------------------------------------------------
 
 
-class Component(Protocol):
-    """What the lifespan enters: started on entry, stopped on exit."""
-
-    async def __aenter__(self) -> object: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> bool | None: ...
+# What the lifespan enters: started on entry, stopped on exit.
+Component = AbstractAsyncContextManager[object]
 
 
 def _no_routes() -> Sequence[BaseRoute]:
@@ -498,7 +487,7 @@ class Components:
         # cannot be journaled is refused, and nothing the process learns is kept.
         write_problem = self.store.write_problem
         store_ok = await self.store.ping() and write_problem is None
-        agents = {a.agent_id: a.health()["status"] for a in self.agents}
+        agent_health = {a.agent_id: a.health() for a in self.agents}
         orchestrating = self.runs("orchestrator")
         ok = (
             store_ok
@@ -508,7 +497,7 @@ class Components:
             # port, degrades us; we still serve (HTTP 200).
             and (self.mqtt.connected or not self.mqtt.enabled)
             and not self.scada.problems
-            and all(a.health()["healthy"] for a in self.agents)
+            and all(h["healthy"] for h in agent_health.values())
         )
         if not orchestrating:
             orchestrator = "off"
@@ -526,7 +515,7 @@ class Components:
             "components": {
                 "store": store_ok,
                 "store_error": write_problem,
-                "agents": agents,
+                "agents": {agent_id: h["status"] for agent_id, h in agent_health.items()},
                 "orchestrator": orchestrator,
                 "mqtt_connected": self.mqtt.connected if self.mqtt.enabled else None,
                 "scada": self.scada.problems or ("off" if scada_off else "ok"),
