@@ -150,7 +150,9 @@ def machine_readings(registry: Registry) -> list[tuple[AgentEntry, MachineReadin
     return sorted(found, key=lambda pair: pair[1].slot)
 
 
-def _machine_points(machine_id: int, registry: Registry) -> list[Point]:
+def _machine_points(
+    machine_id: int, readings: list[tuple[AgentEntry, MachineReading]]
+) -> list[Point]:
     m, g = f"machine_{machine_id}", MACHINES_FOLDER
     prefix = f"Machine{machine_id}"
     level = _p(f"{m}.level", g, f"{prefix}_Level", f"worst level of machine {machine_id} over "
@@ -158,7 +160,7 @@ def _machine_points(machine_id: int, registry: Registry) -> list[Point]:
     return [level] + [
         _p(f"{m}.{d.key}", g, f"{prefix}_{d.browse_suffix}", d.description, d.type, unit=d.unit,
            scale=d.scale, lo=d.lo, hi=d.hi, normal_range=d.normal_range)
-        for _, d in machine_readings(registry)
+        for _, d in readings
     ]  # fmt: skip
 
 
@@ -167,8 +169,9 @@ def build_points(settings: Settings, registry: Registry = AGENTS) -> list[Point]
     drafts = _system_points()
     for entry in registry:
         drafts += _agent_points(entry, settings)
+    readings = machine_readings(registry)
     for machine_id in settings.scada.machines:
-        drafts += _machine_points(machine_id, registry)
+        drafts += _machine_points(machine_id, readings)
     points: list[Point] = []
     next_register = {"input": 0, "holding": 0}
     next_input = {"analog": 0, "binary": 0}
