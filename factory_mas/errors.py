@@ -50,3 +50,8 @@ _STORE_REASONS = (
     (("locked", "busy", "lock timeout", "deadlock"), "database locked"),
     (("readonly", "read-only", "read only", "permission denied"), "database read-only"),
 )
+
+
+class TrainingError(FactoryError):
+    """The data given to `train` cannot train a model: a needed column or label is absent,
+    too few rows, or the result would not beat its baseline. The message says which."""

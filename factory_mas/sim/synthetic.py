@@ -73,6 +73,14 @@ _EMPTY_DTYPES: dict[str, np.dtype] = {
 class SimParams:
     """Rates, durations and magnitudes. Rates are per machine unless named plant-wide."""
 
+    # Each machine's normal levels are drawn from these ranges: the shifted plants of the
+    # model cards (SHIFTED_PLANTS) differ from the default only here.
+    temperature_c_range: tuple[float, float] = (50.0, 62.0)
+    vibration_hz_range: tuple[float, float] = (0.8, 1.6)
+    power_kw_range: tuple[float, float] = (4.5, 7.0)
+    speed_range: tuple[float, float] = (220.0, 420.0)
+    latency_ms_range: tuple[float, float] = (4.0, 15.0)
+
     life_min_h: float = 150.0
     life_max_h: float = 700.0
     repair_min_h: float = 2.0
@@ -109,6 +117,14 @@ class SimParams:
 
 
 DEFAULT_PARAMS = SimParams()
+# Plants whose machines differ from the default only in their normal levels: a model that
+# judges each machine against its own normal does as well on them as on the default.
+SHIFTED_PLANTS: dict[str, SimParams] = {
+    "hot": SimParams(temperature_c_range=(65.0, 78.0)),
+    "big": SimParams(power_kw_range=(15.0, 40.0)),
+    "small": SimParams(power_kw_range=(0.5, 2.0)),
+    "slow_network": SimParams(latency_ms_range=(40.0, 80.0)),
+}
 
 
 @dataclass(frozen=True)
@@ -267,11 +283,11 @@ class FactorySimulator:
         self._uniforms, self._normals = rng.spawn(2)
         n = machines
         self._m = _Machines(
-            temperature_c=rng.uniform(50.0, 62.0, n),
-            vibration_hz=rng.uniform(0.8, 1.6, n),
-            power_kw=rng.uniform(4.5, 7.0, n),
-            speed=rng.uniform(220.0, 420.0, n),
-            latency_ms=rng.uniform(4.0, 15.0, n),
+            temperature_c=rng.uniform(*params.temperature_c_range, n),
+            vibration_hz=rng.uniform(*params.vibration_hz_range, n),
+            power_kw=rng.uniform(*params.power_kw_range, n),
+            speed=rng.uniform(*params.speed_range, n),
+            latency_ms=rng.uniform(*params.latency_ms_range, n),
         )
         life = rng.uniform(params.life_min_h, params.life_max_h, n)
         idle_share = params.idle_spell_mean_h / (
@@ -452,13 +468,15 @@ class FactorySimulator:
         speed = np.maximum(speed, 0.0)
 
         load = speed / m.speed
+        # Machines smaller than the default plant's smallest rest and vary in proportion.
+        small = m.power_kw / DEFAULT_PARAMS.power_kw_range[0]
         power = (
             np.where(
                 active,
                 m.power_kw * (0.7 + 0.3 * load) + 0.6 * late,
-                np.where(idle, 0.4 * m.power_kw, 1.7),
+                np.where(idle, 0.4 * m.power_kw, np.minimum(1.7, m.power_kw * small)),
             )
-            + 0.25 * z[:, _Z_POWER]
+            + 0.25 * np.minimum(1.0, small) * z[:, _Z_POWER]
         )
         temperature = (
             m.temperature_c
