@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .. import topics
-from ..errors import SettingsError
+from ..errors import SettingsError, TrainingError
 from ..settings import AgentSettings, Settings
 from .base import AgentContext, BaseAgent
 from .cyber import points as cyber_points
@@ -54,6 +54,10 @@ class AgentEntry(Generic[R]):
     # "module:function" of the trainer that rebuilds the model under artifacts/: a name,
     # not an import, so that serving never loads scikit-learn or TensorFlow.
     trainer: str = ""
+    # "module:function" of the trainer on a plant's own data (training/plant.py): for the
+    # telemetry agents (data: PlantData, out_dir, options) -> entry; for ppe, its photos
+    # (images_dir, labels_csv, out_dir, options) -> entry.
+    plant_trainer: str = ""
 
     @property
     def agent_id(self) -> str:
@@ -85,23 +89,59 @@ class AgentEntry(Generic[R]):
         trainer: Trainer = getattr(importlib.import_module(module), name)
         return trainer
 
+    def load_plant_trainer(self) -> Callable[..., dict[str, Any]]:
+        """The plant trainer, or TrainingError when this agent has none (yet)."""
+        module, _, name = self.plant_trainer.partition(":")
+        try:
+            trainer: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise TrainingError(
+                f"{self.agent_id} cannot be trained on plant data yet "
+                f"({self.plant_trainer or 'no plant trainer'}: {exc})"
+            ) from None
+        return trainer
+
 
 Registry = tuple[AgentEntry[Any], ...]
 
 # In the order the agents start (and the reverse of how they stop), which is also the
 # order of their blocks in the SCADA table: a new agent goes at the end.
 AGENTS: Registry = (
-    AgentEntry(PmAgent, PmResult, pm_points.POINTS, "factory_mas.training.pm:train_pm"),
     AgentEntry(
-        EnergyAgent, EnergyResult, energy_points.POINTS, "factory_mas.training.energy:train_energy"
+        PmAgent,
+        PmResult,
+        pm_points.POINTS,
+        "factory_mas.training.pm:train_pm",
+        "factory_mas.training.pm:train_pm_plant",
     ),
     AgentEntry(
-        CyberAgent, CyberResult, cyber_points.POINTS, "factory_mas.training.cyber:train_cyber"
+        EnergyAgent,
+        EnergyResult,
+        energy_points.POINTS,
+        "factory_mas.training.energy:train_energy",
+        "factory_mas.training.energy:train_energy_plant",
     ),
     AgentEntry(
-        SafetyAgent, SafetyResult, safety_points.POINTS, "factory_mas.training.safety:train_safety"
+        CyberAgent,
+        CyberResult,
+        cyber_points.POINTS,
+        "factory_mas.training.cyber:train_cyber",
+        "factory_mas.training.cyber:train_cyber_plant",
     ),
-    AgentEntry(PpeAgent, PpeResult, ppe_points.POINTS, "factory_mas.training.ppe:train_ppe"),
+    AgentEntry(
+        SafetyAgent,
+        SafetyResult,
+        safety_points.POINTS,
+        "factory_mas.training.safety:train_safety",
+        "factory_mas.training.safety:train_safety_plant",
+    ),
+    AgentEntry(
+        PpeAgent,
+        PpeResult,
+        ppe_points.POINTS,
+        "factory_mas.training.ppe:train_ppe",
+        "factory_mas.training.ppe:train_ppe_images",
+    ),
 )
 
 

@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import FactoryError, SettingsError
 from ..logs import formatter
 from ..settings import ROLES, load_settings
+from ..times import parse_instant
 from .commands import cmd_bench, cmd_convert, cmd_points, cmd_serve, cmd_train
 from .keys import cmd_keys
 from .replay import API_KEY_ENV, cmd_replay
@@ -44,9 +45,51 @@ def parser() -> argparse.ArgumentParser:
         "several may run) or control (alarms, SCADA, dashboard; one); ingest and control "
         "need MQTT_BROKER and share DATABASE_URL. Default: instance.role",
     )
-    train = sub.add_parser("train", help="rebuild the model artifacts (seeded, repeatable)")
-    train.add_argument("--out", help="folder to write (default: the artifacts folder in use)")
+    train = sub.add_parser(
+        "train", help="rebuild the models: from the simulator, or from a plant's own data"
+    )
+    data = train.add_mutually_exclusive_group()
+    data.add_argument("--csv", metavar="FILE", help="train on this telemetry CSV")
+    data.add_argument(
+        "--from-store", action="store_true", help="train on the telemetry store's history"
+    )
+    data.add_argument("--images", metavar="DIR", help="train ppe on these photos (with --labels)")
+    train.add_argument("--labels", metavar="FILE", help="labels CSV (photos' labels for --images)")
+    train.add_argument(
+        "--since", type=parse_instant, help="--from-store: from this time (ISO 8601)"
+    )
+    train.add_argument(
+        "--until", type=parse_instant, help="--from-store: up to this time (ISO 8601)"
+    )
+    train.add_argument(
+        "--map",
+        nargs="+",
+        default=[],
+        metavar="COLUMN=field",
+        help="read CSV column COLUMN as telemetry field (e.g. Temp=temperature_c)",
+    )
     train.add_argument("--only", nargs="+", metavar="AGENT_ID", help="train just these agents")
+    train.add_argument("--out", help="folder to write (default: the models folder in use)")
+    train.add_argument(
+        "--force", action="store_true", help="install models that do not beat their baselines"
+    )
+    train.add_argument(
+        "--skip-invalid", action="store_true", help="train on the valid CSV rows, skip the rest"
+    )
+    train.add_argument(
+        "--target-alert-rate",
+        type=float,
+        metavar="R",
+        help="share of normal readings allowed to raise an anomaly alert (default 0.005)",
+    )
+    train.add_argument("--seed", type=int, help="random seed of a plant run (default 1234)")
+    train.add_argument(
+        "--param",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a plant trainer's own setting, e.g. epochs=2 (see docs/models.md)",
+    )
     replay = sub.add_parser(
         "replay", help="stream telemetry to a running server, an MQTT broker or stdout"
     )

@@ -152,6 +152,18 @@ class CyberSettings(ConditionedSettings):
             )
 
 
+# A physical limit: 0 turns it off.
+Limit = Annotated[float, Meta(ge=0, le=1_000_000)]
+
+
+class MachineLimits(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One machine's own limits; a limit left out is the plant-wide one."""
+
+    temperature_max_c: Limit | None = None
+    vibration_max_hz: Limit | None = None
+    power_max_kw: Limit | None = None
+
+
 class SafetySettings(ConditionedSettings):
     # Hazards alarm on their first record (no smoothing, no on-delay); they clear only
     # after ten quiet seconds.
@@ -167,8 +179,35 @@ class SafetySettings(ConditionedSettings):
     evacuate_for: list[HazardType] = field(
         default_factory=lambda: ["FIRE_RISK", "ELECTRICAL_HAZARD"]
     )
+    # Physical limits beside the classifier: a reading beyond one raises its hazard at
+    # limit_level, whatever the classifier says. The defaults sit above every normal
+    # reading of the simulated plants, hot ones included (105.7 C, 4.9 Hz at most); power
+    # is off, as machines differ too much in size for one plant-wide figure.
+    temperature_max_c: Limit = 115.0  # FIRE_RISK
+    vibration_max_hz: Limit = 6.0  # MECHANICAL_HAZARD
+    power_max_kw: Limit = 0.0  # ELECTRICAL_HAZARD
+    limit_level: Level = "CRITICAL"
+    # Machine id -> its own limits, e.g. {"7" = {temperature_max_c = 95}}.
+    machine_limits: dict[str, MachineLimits] = field(default_factory=dict)
+
+    def limits_of(self, machine_id: int | None) -> tuple[float, float, float]:
+        """(temperature, vibration, power) limits of a machine, 0 where off."""
+        own = self.machine_limits.get(str(machine_id)) if machine_id is not None else None
+        plant = (self.temperature_max_c, self.vibration_max_hz, self.power_max_kw)
+        if own is None:
+            return plant
+        mine = (own.temperature_max_c, own.vibration_max_hz, own.power_max_kw)
+        t, v, w = (p if m is None else m for m, p in zip(mine, plant, strict=True))
+        return t, v, w
 
     def __post_init__(self) -> None:
+        bad = [key for key in self.machine_limits if not key.strip().isdigit()]
+        if bad:
+            raise ValueError(
+                f'machine_limits: {bad[0]!r} is not a machine id (a whole number such as "7")'
+            )
+        if self.limit_level == "NORMAL":
+            raise ValueError("limit_level must be CAUTION or above: a limit exceeded is news")
         cuts = (
             self.hazard_score_caution,
             self.hazard_score_warning,
@@ -195,6 +234,10 @@ class PpeSettings(AgentSettings):
     labels_path: str = ""
     # A frame shows an item when the model's probability for it reaches this.
     threshold: Probability = 0.5
+    # A frame shows a worker when the model's person probability reaches this; below it no
+    # item can be missing (an empty gate, a cup on a desk). Ignored for a model without a
+    # person output.
+    person_threshold: Probability = 0.5
     # An item counts as worn when seen in at least min_worn_frames of a camera's last
     # window_frames frames: a head turned away for a frame or two is not a violation.
     window_frames: Annotated[int, Meta(ge=1, le=100)] = 5

@@ -8,6 +8,11 @@ instead of a hard hat, bare feet or low sneakers instead of boots, shorts and ba
 instead of trousers, a bare torso instead of a shirt. Hard-hat and hi-vis colours also
 appear in the background clutter, so the model has to learn where on the body they are.
 
+Scenes without anyone in them teach the model's `person` output: the same backdrops with
+what fools a PPE check without a person, such as a cup, a box, a hard hat on a shelf or
+boots on the floor. Workers are drawn from 30 % to 100 % of full height anywhere in the
+frame, as a camera sees them near and far.
+
 Everything is drawn from one numpy Generator: the same seed gives the same pixels.
 """
 
@@ -23,6 +28,12 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..messages import PPE_ITEMS as ITEMS
 from ..ml.images import to_model_input
+
+PERSON = "person"
+# The model's outputs, in order: one per item, then whether anyone is in the frame.
+LABELS: tuple[str, ...] = (*ITEMS, PERSON)
+# Worker heights relative to a full-frame figure: training draws from this range.
+SCALES = (0.3, 1.0)
 
 Color = tuple[int, int, int]
 
@@ -202,11 +213,13 @@ class _Body:
         return fraction * self.height
 
 
-def _pose(rng: np.random.Generator, side: int) -> _Body:
-    height = side * rng.uniform(0.72, 0.9)
+def _pose(rng: np.random.Generator, side: int, scale: float) -> _Body:
+    height = side * rng.uniform(0.72, 0.9) * scale
     girth = rng.uniform(0.85, 1.2)
-    cx = side * rng.uniform(0.32, 0.68)
-    floor = side * rng.uniform(0.93, 0.985)
+    # A smaller (farther) worker can stand further to the side and higher in the frame.
+    margin = 0.08 + 0.24 * scale
+    cx = side * rng.uniform(margin, 1.0 - margin)
+    floor = rng.uniform(min(0.93 * side, max(1.02 * height, 0.55 * side)), 0.985 * side)
     skin = _jitter(rng, _pick(rng, SKIN), 8)
     head_r = 0.072 * height
     head = (cx + rng.uniform(-0.01, 0.01) * height, floor - 0.95 * height + head_r)
@@ -335,6 +348,57 @@ def _upper_body(d: ImageDraw.ImageDraw, rng: np.random.Generator, b: _Body, shir
         d.ellipse((wrist[0] - r, wrist[1] - r, wrist[0] + r, wrist[1] + r), fill=b.skin)
 
 
+def _hard_hat(
+    d: ImageDraw.ImageDraw, rng: np.random.Generator, hx: float, hy: float, r: float
+) -> None:
+    """A hard hat over a head of radius r centred at (hx, hy): wider than the head and
+    with a brim, where hair and caps hug the skull."""
+    color = _jitter(rng, _pick(rng, HELMET), 8)
+    d.chord((hx - r * 1.25, hy - r * 1.6, hx + r * 1.25, hy + r * 0.8), 180, 360, fill=color)
+    brim_y = hy - r * 0.35
+    brim = (hx - r * 1.6, brim_y - r * 0.16, hx + r * 1.6, brim_y + r * 0.18)
+    d.rounded_rectangle(brim, radius=r * 0.1, fill=_shade(color, 0.92))
+    d.line(
+        ((hx, hy - r * 1.55), (hx, brim_y - r * 0.2)),
+        fill=_shade(color, 0.8),
+        width=max(1, int(r * 0.18)),
+    )
+
+
+def _distractor(d: ImageDraw.ImageDraw, rng: np.random.Generator, side: int) -> None:
+    """One thing a PPE check sees without a person: a cup, a box, a hard hat on a shelf,
+    boots on the floor or a hi-vis vest on a hook, at a random size and place."""
+    s = side * rng.uniform(0.12, 0.45)
+    x, y = rng.uniform(0.05, 0.95) * side, rng.uniform(0.35, 0.95) * side
+    kind = int(rng.integers(5))
+    if kind == 0:  # a cup: a body, a rim and a handle
+        color = _jitter(rng, _pick(rng, HELMET + SHIRT), 10)
+        d.ellipse((x + s * 0.3, y - s * 0.75, x + s * 0.7, y - s * 0.25), outline=color, width=3)
+        d.rectangle((x - s * 0.4, y - s, x + s * 0.4, y), fill=color)
+        d.ellipse((x - s * 0.4, y - s * 1.1, x + s * 0.4, y - s * 0.9), fill=_shade(color, 0.6))
+    elif kind == 1:  # a cardboard box with tape
+        color = _jitter(rng, (150, 110, 60), 20)
+        d.rectangle((x - s * 0.6, y - s, x + s * 0.6, y), fill=color)
+        d.rectangle((x - s * 0.08, y - s, x + s * 0.08, y), fill=_shade(color, 1.25))
+    elif kind == 2:  # a hard hat on a shelf
+        d.rectangle((x - s, y, x + s, y + s * 0.08), fill=_jitter(rng, (110, 90, 70), 20))
+        _hard_hat(d, rng, x, y - s * 0.1, s * 0.35)
+    elif kind == 3:  # a pair of boots on the floor
+        color = _jitter(rng, _pick(rng, BOOTS), 8)
+        for dx in (-0.3, 0.3):
+            d.rounded_rectangle(
+                (x + dx * s - s * 0.12, y - s * 0.45, x + dx * s + s * 0.12, y), 2, fill=color
+            )
+            d.ellipse((x + dx * s - s * 0.12, y - s * 0.15, x + dx * s + s * 0.3, y), fill=color)
+    else:  # a hi-vis vest on a hook
+        color = _jitter(rng, _pick(rng, HI_VIS), 10)
+        d.polygon(
+            [(x - s * 0.4, y - s), (x + s * 0.4, y - s), (x + s * 0.45, y), (x - s * 0.45, y)],
+            fill=color,
+        )
+        d.rectangle((x - s * 0.42, y - s * 0.45, x + s * 0.42, y - s * 0.37), fill=REFLECTIVE)
+
+
 def _head(d: ImageDraw.ImageDraw, rng: np.random.Generator, b: _Body, helmet: bool) -> None:
     hx, hy = b.head
     r = b.head_r
@@ -344,17 +408,7 @@ def _head(d: ImageDraw.ImageDraw, rng: np.random.Generator, b: _Body, helmet: bo
     for ex in (-0.35, 0.35):
         d.ellipse((hx + ex * r - eye, hy - eye, hx + ex * r + eye, hy + eye), fill=(30, 25, 25))
     if helmet:
-        # Wider than the head and with a brim: hair and caps hug the skull.
-        color = _jitter(rng, _pick(rng, HELMET), 8)
-        d.chord((hx - r * 1.25, hy - r * 1.6, hx + r * 1.25, hy + r * 0.8), 180, 360, fill=color)
-        brim_y = hy - r * 0.35
-        brim = (hx - r * 1.6, brim_y - r * 0.16, hx + r * 1.6, brim_y + r * 0.18)
-        d.rounded_rectangle(brim, radius=r * 0.1, fill=_shade(color, 0.92))
-        d.line(
-            ((hx, hy - r * 1.55), (hx, brim_y - r * 0.2)),
-            fill=_shade(color, 0.8),
-            width=max(1, int(r * 0.18)),
-        )
+        _hard_hat(d, rng, hx, hy, r)
         return
     style = rng.random()
     if style < 0.7:
@@ -365,11 +419,13 @@ def _head(d: ImageDraw.ImageDraw, rng: np.random.Generator, b: _Body, helmet: bo
         d.chord(cap, 180, 360, fill=_jitter(rng, _pick(rng, CAP)))
 
 
-def _worker(rng: np.random.Generator, side: int, worn: dict[str, bool]) -> Image.Image:
+def _worker(
+    rng: np.random.Generator, side: int, worn: dict[str, bool], scale: float
+) -> Image.Image:
     """The figure on a transparent layer, leaning a little; feet near the bottom."""
     layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
-    body = _pose(rng, side)
+    body = _pose(rng, side, scale)
     _legs(d, rng, body, worn["pants"])
     _feet(d, rng, body, worn["boots"])
     _upper_body(d, rng, body, worn["shirt"])
@@ -409,24 +465,65 @@ def _camera(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def render_worker(rng: np.random.Generator, worn: Sequence[bool], size: int = 64) -> np.ndarray:
+def render_worker(
+    rng: np.random.Generator, worn: Sequence[bool], size: int = 64, scale: float = 1.0
+) -> np.ndarray:
     """One frame, RGB uint8 [size, size, 3]; `worn` follows ITEMS (helmet, boots, pants,
-    shirt)."""
+    shirt); `scale` is the worker's height relative to a full-frame figure."""
+    return render_scene(rng, worn, size, scale)
+
+
+def render_empty(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A frame with nobody in it, often with a distractor or two."""
+    return render_scene(rng, None, size)
+
+
+def render_scene(
+    rng: np.random.Generator,
+    worn: Sequence[bool] | None,
+    size: int = 64,
+    scale: float = 1.0,
+    distractors: int | None = None,
+) -> np.ndarray:
+    """A frame with a worker wearing `worn` (None: nobody) and `distractors` objects (None:
+    zero to two, drawn at random)."""
     side = size * SUPERSAMPLE
     scene = _background(rng, side)
-    figure = _worker(rng, side, dict(zip(ITEMS, worn, strict=True)))
-    scene.paste(figure, (0, 0), figure)
+    count = int(rng.integers(0, 3)) if distractors is None else distractors
+    draw = ImageDraw.Draw(scene)
+    for _ in range(count):
+        _distractor(draw, rng, side)
+    if worn is not None:
+        figure = _worker(rng, side, dict(zip(ITEMS, worn, strict=True)), scale)
+        scene.paste(figure, (0, 0), figure)
     return _camera(rng, to_model_input(scene, (size, size)))
 
 
-def render_set(n: int, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """n frames and their labels [n, len(ITEMS)] (1 = worn).
+def render_set(
+    n: int,
+    seed: int,
+    size: int = 64,
+    empty_share: float = 0.0,
+    scales: tuple[float, float] = (1.0, 1.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """n frames and their labels [n, len(LABELS)]: 1 = worn (items) or present (person).
+    A share `empty_share` of the frames has nobody in it; their item labels are NaN (not
+    applicable, left out of the items' loss). Workers' scales are drawn from `scales`.
 
     Each item is worn with even odds, independently of the others. On a real site most
     workers wear everything, but a model trained on that learns to infer the helmet from
     the boots and the shirt, and passes exactly the worker who forgot only the helmet.
     """
     rng = np.random.default_rng(seed)
-    labels = rng.random((n, len(ITEMS))) < 0.5
-    images = np.stack([render_worker(rng, row, size) for row in labels])
-    return images, labels.astype(np.float32)
+    worn = rng.random((n, len(ITEMS))) < 0.5
+    person = rng.random(n) >= empty_share
+    scale = rng.uniform(*scales, n)
+    images = np.stack(
+        [
+            render_scene(rng, row if present else None, size, s)
+            for row, present, s in zip(worn, person, scale, strict=True)
+        ]
+    )
+    labels = np.concatenate([worn, person[:, None]], axis=1).astype(np.float32)
+    labels[~person, : len(ITEMS)] = np.nan
+    return images, labels

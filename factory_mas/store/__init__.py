@@ -28,6 +28,7 @@ from .schema import (
     shift_summaries,
     sms_outbox,
     sms_outbox_alarms,
+    telemetry,
 )
 from .transaction import FIRST_KEY_LOCK_KEY, audit_change, inserted_id, put_checkpoint, serialize
 
@@ -56,4 +57,5 @@ __all__ = [
     "sms_outbox",
     "sms_outbox_alarms",
     "sqlite_url",
+    "telemetry",
 ]

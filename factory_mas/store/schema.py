@@ -301,3 +301,22 @@ sms_outbox_alarms = sa.Table(
 
 
 alarm_events_by_time = sa.Index("alarm_events_at", alarm_events.c.at, alarm_events.c.kind)
+
+
+# -- v11: the telemetry historian ------------------------------------------------------
+
+# Accepted raw records, whole (JSON), for export and training on the plant's own data.
+# `ts` is the record's own time (queries), `received_at` when it arrived (retention: a
+# replayed CSV from last year must not be deleted on arrival).
+telemetry = sa.Table(
+    "telemetry",
+    metadata,
+    sa.Column("seq", _id(), primary_key=True),
+    sa.Column("machine_id", sa.Integer, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+sa.Index("telemetry_machine_ts", telemetry.c.machine_id, telemetry.c.ts)
+sa.Index("telemetry_ts", telemetry.c.ts)

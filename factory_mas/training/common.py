@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ml.artifacts import write_entry
+from ..ml.artifacts import read_manifest, write_entry, write_manifest
 from ..ml.forest import CompiledForest, write_forest
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,15 @@ class Simulation:
     ticks: int
     step_minutes: float
 
+    def record(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "simulated_machines": self.machines,
+            "ticks": self.ticks,
+            "step_minutes": self.step_minutes,
+            "held_out": f"machines {held_out_from(self.machines)}..{self.machines}",
+        }
+
 
 @dataclass(frozen=True)
 class ForestFile:
@@ -52,14 +61,16 @@ def save_models(
     agent_id: str,
     features: Sequence[str],
     metrics: Mapping[str, Any],
-    simulation: Simulation,
+    trained_on: Simulation | Mapping[str, Any],
     training: Mapping[str, Any],
     forests: Mapping[str, ForestFile] | None = None,
     written: Mapping[str, Path] | None = None,
+    card: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Save `forests` ({role: ForestFile}) as .npz, add the `written` files, and record all
-    of them with metrics and how they were trained in the manifest. Returns the manifest
-    entry."""
+    of them with metrics, the model card and how they were trained in the manifest.
+    `trained_on` is the simulated plant, or for a plant's own data what describes it
+    ({"source": ..., "held_out": ...}). Returns the manifest entry."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = dict(written or {})
     for role, saved in (forests or {}).items():
@@ -68,22 +79,21 @@ def save_models(
     # scikit-learn fitted the forests and TensorFlow made the .tflite files; serving needs
     # neither, so their versions are a record in `training`, not a load condition.
     fitted_with = {"scikit-learn": version("scikit-learn")} if forests else {}
+    origin = trained_on.record() if isinstance(trained_on, Simulation) else dict(trained_on)
     entry = write_entry(
         out_dir,
         agent_id,
         files,
         features,
         metrics,
-        training={
-            "seed": simulation.seed,
-            "simulated_machines": simulation.machines,
-            "ticks": simulation.ticks,
-            "step_minutes": simulation.step_minutes,
-            **fitted_with,
-            **training,
-            "held_out": f"machines {held_out_from(simulation.machines)}..{simulation.machines}",
-        },
+        training={**fitted_with, **training, **origin},
     )
+    if card is not None:
+        # A second write of the manifest, since write_entry records no card.
+        entry["card"] = dict(card)
+        manifest = read_manifest(out_dir)
+        manifest["models"][agent_id] = entry
+        write_manifest(out_dir, manifest)
     log.info("%s: %s", agent_id, metrics)
     return entry
 

@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -26,20 +25,26 @@ from factory_mas.agents.ppe.model import PpeModel
 from factory_mas.errors import ArtifactError
 from factory_mas.ml.inference import LiteRtModel
 from factory_mas.settings import Settings, load_settings
+from factory_mas.sim.ppe_images import render_empty, render_worker
 from tests.support.app import TEST_ENV, running_app, without_off_delay
 from tests.support.hub import collect, drain
 from tests.support.paths import ARTIFACTS, REPO
-from tests.support.ppe import EQUIPPED, NO_HELMET, PPE, encode, post_image, ppe_agent, render
+from tests.support.ppe import (
+    EQUIPPED,
+    NO_HELMET,
+    PPE,
+    encode,
+    frames,
+    post_image,
+    ppe_agent,
+    render,
+)
 
 # --------------------------------------------------------------------------- helpers
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def frames(worn: Sequence[bool], n: int, first_seed: int = 100) -> list[bytes]:
-    return [encode(render(worn, first_seed + i)) for i in range(n)]
 
 
 def ppe_settings(tmp_path: Path, ppe_toml: str = "", **env: str) -> Settings:
@@ -123,6 +128,34 @@ async def test_a_worker_without_a_helmet_is_one_episode_and_one_alert(settings: 
     for alert in (published[0][0], published[1][0]):
         assert "gate2" in alert.details and "helmet" in alert.details
         assert alert.source == "ppe_agent" and alert.machine_id is None
+
+
+async def test_an_empty_scene_is_no_violation_and_a_small_worker_is_still_seen(
+    settings: Settings,
+) -> None:
+    settings = without_off_delay(settings, "ppe")
+    rng = np.random.default_rng(70)
+    empty = [encode(render_empty(rng)) for _ in range(6)]
+    # A worker without a helmet at half the full height, as a camera sees one farther off.
+    small = [
+        encode(render_worker(np.random.default_rng(300 + i), NO_HELMET, scale=0.5))
+        for i in range(6)
+    ]
+    async with running_app(settings) as (components, client):
+        alerts = components.hub.subscribe("alerts/ppe_agent", name="test")
+        nobody = [(await post_image(client, data, "gate3")).json() for data in empty]
+        nobody_alerts = await drain(alerts)
+        worker = [(await post_image(client, data, "gate4")).json() for data in small]
+        worker_alerts = await drain(alerts)
+
+    for r in nobody:
+        assert r["level"] == "NORMAL" and r["result"]["compliant"], r
+        assert not r["result"]["person_present"] and r["result"]["person_score"] < 0.5
+        assert r["result"]["raw_missing"] == [] and r["result"]["missing_items"] == []
+    assert nobody_alerts == []
+    assert all(r["result"]["person_present"] for r in worker)
+    assert "helmet" in worker[-1]["result"]["missing_items"]
+    assert [a.type for a in worker_alerts] == ["PPE_VIOLATION"]
 
 
 def bad_requests() -> list[tuple]:
@@ -487,6 +520,8 @@ async def test_a_user_model_with_its_own_label_order(user_models: Path, tmp_path
     body = response.json()
     assert body["model_version"].startswith("ppe-user-")
     assert body["result"]["probabilities"] == pytest.approx(expected, abs=1e-4)
+    # No person output: every frame is taken to show a worker, as before.
+    assert body["result"]["person_present"] and body["result"]["person_score"] is None
     assert larger.status_code == 200, larger.text
 
 

@@ -43,8 +43,9 @@ WIRE_KEYS = {
     "cyber_agent": ["anomaly_score", "anomaly_score_raw", "is_anomaly", "threat_level",
                     "consecutive_anomalies", "indicators"],
     "safety_agent": ["hazard_score", "hazard_score_raw", "hazard_type", "safety_score",
-                     "evacuation_required"],
-    "ppe_agent": ["probabilities", "missing_items", "compliant", "raw_missing"],
+                     "evacuation_required", "limit"],
+    "ppe_agent": ["probabilities", "missing_items", "compliant", "raw_missing",
+                  "person_present", "person_score"],
 }  # fmt: skip
 
 

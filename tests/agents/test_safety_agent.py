@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from msgspec.structs import replace as replace_struct
 
 from factory_mas.agents.safety import logic
 from factory_mas.agents.safety.agent import SafetyAgent
 from factory_mas.levels import RANK
 from factory_mas.settings import AgentSettings, Settings
+from factory_mas.settings.agents import MachineLimits
 from factory_mas.sim.synthetic import DEFAULT_PARAMS, FactorySimulator
 from tests.support.agent_contract import AgentContract, validated
 from tests.support.app import running_app
@@ -26,6 +29,7 @@ RESULT_FIELDS = {
     "hazard_type",
     "safety_score",
     "evacuation_required",
+    "limit",
 }
 
 
@@ -44,19 +48,19 @@ def plant_records(n: int, machine_id: int) -> list[dict]:
     ]
 
 
+BOOSTED = replace(
+    DEFAULT_PARAMS,
+    fire_risk_rate_per_h=DEFAULT_PARAMS.fire_risk_rate_per_h * 10,
+    mechanical_hazard_rate_per_h=DEFAULT_PARAMS.mechanical_hazard_rate_per_h * 10,
+    electrical_hazard_rate_per_h=DEFAULT_PARAMS.electrical_hazard_rate_per_h * 10,
+)
+
+
 @pytest.fixture(scope="module")
 def plant() -> dict[str, list[dict]]:
     """Simulated rows by hazard type. Hazards run ten times as often as by default, so a
     short run holds enough of each; the rows themselves look as they always do."""
-    boost = 10
-    p = DEFAULT_PARAMS
-    params = replace(
-        p,
-        fire_risk_rate_per_h=p.fire_risk_rate_per_h * boost,
-        mechanical_hazard_rate_per_h=p.mechanical_hazard_rate_per_h * boost,
-        electrical_hazard_rate_per_h=p.electrical_hazard_rate_per_h * boost,
-    )
-    cols = FactorySimulator(seed=31, machines=20, step_minutes=5.0, params=params).run(300).columns
+    cols = FactorySimulator(seed=31, machines=20, step_minutes=5.0, params=BOOSTED).run(300).columns
     kinds = cols["hazard_type"]
     return {str(k): one_machine(cols, np.flatnonzero(kinds == k)) for k in np.unique(kinds)}
 
@@ -76,7 +80,11 @@ class TestSafetyAgent(AgentContract):
 
     async def test_a_batch_scores_as_its_records_one_by_one(self, agent, plant):
         rows = [r for kind in sorted(plant) for r in plant[kind][:8]]
+        # Each machine's normal and levels follow what is scored: both runs start alike.
+        normals, memory = agent.export_state(), copy.deepcopy(agent.conditioner)
         together = await agent.process(validated(rows))
+        agent.import_state(normals)
+        agent.conditioner = memory
         alone = [(await agent.process(validated([r])))[0] for r in rows]
         assert [(p.level, p.result) for p in together] == [(p.level, p.result) for p in alone]
         assert {p.result["hazard_type"] for p in together} >= {"NONE", "FIRE_RISK"}
@@ -94,32 +102,46 @@ async def test_predict_answers_with_exactly_the_documented_fields(settings):
     assert 0.0 <= result["hazard_score"] < 0.3
     assert result["safety_score"] == pytest.approx(100 * (1 - result["hazard_score"]), abs=0.06)
     assert result["evacuation_required"] is False
+    assert result["limit"] == ""
+
+
+@pytest.fixture(scope="module")
+def stream() -> tuple[list[dict], np.ndarray]:
+    """A short simulated run in time order, as the agent would see it, and each row's
+    hazard: the machines' normals are learnt before and between their hazards."""
+    cols = FactorySimulator(seed=31, machines=20, step_minutes=5.0, params=BOOSTED).run(300)
+    kinds = np.asarray(cols.columns["hazard_type"]).astype(str)
+    return one_machine(cols.columns, np.arange(len(kinds))), kinds
 
 
 @pytest.mark.parametrize("kind", ["FIRE_RISK", "MECHANICAL_HAZARD", "ELECTRICAL_HAZARD"])
-async def test_simulated_hazards_are_named_and_raised(settings, plant, kind):
-    rows = plant[kind]
-    assert len(rows) >= 10
+async def test_simulated_hazards_are_named_and_raised(settings, stream, kind):
+    rows, kinds = stream
     async with running_app(settings) as (components, client):
         alerts = components.hub.subscribe("alerts/safety_agent", name="test")
         response = await client.post("/api/safety/predict", json=rows)
-        raised = await drain(alerts)
-    predictions = response.json()["predictions"]
+        raised = [a for a in await drain(alerts) if a.type == kind]
+    predictions = [
+        p for p, k in zip(response.json()["predictions"], kinds, strict=True) if k == kind
+    ]
+    assert len(predictions) >= 10
     named = [
         p
         for p in predictions
         if p["result"]["hazard_type"] == kind and RANK[p["level"]] >= RANK["WARNING"]
     ]
-    assert len(named) >= 0.9 * len(rows), Counter(p["result"]["hazard_type"] for p in predictions)
+    assert len(named) >= 0.9 * len(predictions), Counter(
+        p["result"]["hazard_type"] for p in predictions
+    )
     for p in predictions:
         assert p["result"]["evacuation_required"] is (p["level"] == "EMERGENCY")
     evacuate = kind in settings.agents.safety.evacuate_for
     assert any(p["result"]["evacuation_required"] for p in predictions) is evacuate
 
-    # One alert per machine as it enters the alerting band.
-    assert len(raised) == len({p["machine_id"] for p in named})
+    # An alert of this hazard for every machine that had one, as it entered the band.
+    assert {a.machine_id for a in raised} >= {p["machine_id"] for p in named}
     for alert in raised:
-        assert alert.source == "safety_agent" and alert.type == kind
+        assert alert.source == "safety_agent"
         assert alert.details.startswith(f"Machine {alert.machine_id}: ")
         assert ("EVACUATE" in alert.details) is (alert.level == "EMERGENCY")
 
@@ -182,3 +204,52 @@ async def test_a_bad_record_is_422_naming_the_field(settings, change, field):
     assert response.status_code == 422
     assert response.json()["field"] == field and field in response.json()["detail"]
     assert absent.status_code == 422 and absent.json()["field"] == field
+
+
+async def test_a_limit_fires_on_one_reading_the_classifier_finds_ordinary(settings):
+    """Machine 6 runs at 56..62 C; its engineer set 60 C as its limit."""
+    own = {"6": MachineLimits(temperature_max_c=60.0)}
+    limited = replace_section(settings, machine_limits=own)
+    rows = plant_records(7, 6)  # 56, 57, ... 62 C
+    async with running_app(limited) as (components, client):
+        alerts = components.hub.subscribe("alerts/safety_agent", name="test")
+        response = await client.post("/api/safety/predict", json=rows)
+        raised = await drain(alerts)
+    predictions = response.json()["predictions"]
+    beyond = [p for p, r in zip(predictions, rows, strict=True) if r["temperature_c"] > 60]
+    within = [p for p, r in zip(predictions, rows, strict=True) if r["temperature_c"] <= 60]
+    assert len(beyond) == 2 and len(within) == 5
+    for p in beyond:
+        assert p["result"]["hazard_score_raw"] < 0.3, "the classifier alone sees nothing"
+        assert p["result"]["hazard_type"] == "FIRE_RISK" and p["level"] == "CRITICAL"
+        assert p["result"]["limit"].startswith("temperature_c 6")
+    assert all(p["level"] == "NORMAL" and p["result"]["limit"] == "" for p in within)
+    assert [a.type for a in raised] == ["FIRE_RISK"]
+    assert "above its limit of 60 C" in raised[0].details
+
+
+async def test_a_hot_machine_is_judged_against_its_own_normal(settings):
+    """A furnace that always runs at 72..80 C, far above every simulated machine: once
+    its normal is learnt (a few dozen readings) it is not a fire risk."""
+    start = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
+    rows = [
+        record(
+            9,
+            timestamp=(start + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
+            temperature_c=72.0 + (i * 7 % 9),
+            vibration_hz=1.0 + 0.15 * (i % 5),
+            power_consumption_kw=5.5 + 0.2 * (i % 3),
+        )
+        for i in range(300)
+    ]
+    async with running_app(settings) as (_, client):
+        response = await client.post("/api/safety/predict", json=rows)
+    levels = [p["level"] for p in response.json()["predictions"]]
+    assert all(level == "NORMAL" for level in levels[60:]), Counter(levels[60:])
+
+
+def replace_section(settings: Settings, **changes) -> Settings:
+    agents = replace_struct(
+        settings.agents, safety=replace_struct(settings.agents.safety, **changes)
+    )
+    return replace_struct(settings, agents=agents)

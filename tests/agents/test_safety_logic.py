@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from factory_mas.agents.safety import logic
@@ -9,6 +10,8 @@ from factory_mas.agents.safety.model import HAZARDS
 from factory_mas.errors import SettingsError
 from factory_mas.levels import LEVELS
 from factory_mas.settings import SafetySettings, load_settings
+from factory_mas.settings.agents import MachineLimits
+from factory_mas.sim.synthetic import DEFAULT_PARAMS, SHIFTED_PLANTS, FactorySimulator
 
 DEFAULT = SafetySettings()
 # Deliberately unlike the defaults, to show the rules read the settings.
@@ -160,3 +163,83 @@ def test_alert_details_say_what_and_what_to_do(kind, level, evacuate, words):
     for word in words:
         assert word in text
     assert ("EVACUATE" in text) is evacuate
+
+
+# -- physical limits -------------------------------------------------------------------
+
+LIMITED = SafetySettings(
+    temperature_max_c=100.0,
+    vibration_max_hz=6.0,
+    power_max_kw=0.0,
+    machine_limits={"7": MachineLimits(temperature_max_c=80.0, power_max_kw=30.0)},
+)
+
+
+@pytest.mark.parametrize(
+    ("machine", "values", "hazard"),
+    [
+        (1, (99.9, 5.9, 500.0), None),  # power is off plant-wide
+        (1, (100.1, 1.0, 5.0), "FIRE_RISK"),
+        (1, (60.0, 6.5, 5.0), "MECHANICAL_HAZARD"),
+        (7, (85.0, 1.0, 5.0), "FIRE_RISK"),  # its own, lower, temperature limit
+        (7, (60.0, 6.5, 5.0), "MECHANICAL_HAZARD"),  # the plant's vibration limit
+        (7, (60.0, 1.0, 31.0), "ELECTRICAL_HAZARD"),  # its own power limit
+        (None, (99.0, 1.0, 31.0), None),
+    ],
+)
+def test_a_reading_beyond_a_limit_names_its_hazard(machine, values, hazard):
+    found = logic.limit_exceeded(machine, values, LIMITED)
+    assert (found[0] if found else None) == hazard
+    if found:
+        assert found[1].split()[0] in {"temperature_c", "vibration_hz", "power_consumption_kw"}
+        assert "above its limit" in found[1]
+
+
+def test_a_limit_raises_the_score_to_its_level():
+    t = SafetySettings(limit_level="WARNING")
+    assert logic.score_for_limit(0.01, t) == t.hazard_score_warning
+    assert logic.score_for_limit(0.95, t) == 0.95
+    # CRITICAL by default, so the level follows.
+    score = logic.score_for_limit(0.0, DEFAULT)
+    assert logic.level_for(score, "FIRE_RISK", DEFAULT) == "CRITICAL"
+
+
+def test_limits_are_read_from_the_settings_file(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        "[agents.safety]\ntemperature_max_c = 95\n"
+        '[agents.safety.machine_limits."12"]\nvibration_max_hz = 4.5\n'
+    )
+    t = load_settings(path=path, env={}).agents.safety
+    assert t.limits_of(12) == (95.0, 4.5, 0.0)
+    assert t.limits_of(3) == (95.0, 6.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("temperature_max_c = -5", "temperature_max_c"),
+        ('vibration_max_hz = "high"', "vibration_max_hz"),
+        ('limit_level = "NORMAL"', "limit_level"),
+        ("[agents.safety.machine_limits.press]\npower_max_kw = 3", "machine_limits"),
+        ('[agents.safety.machine_limits."4"]\npower_max = 3', "power_max"),
+    ],
+)
+def test_bad_limits_stop_start_up_naming_them(tmp_path, text, named):
+    path = tmp_path / "settings.toml"
+    path.write_text(f"[agents.safety]\n{text}\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings(path=path, env={})
+    assert named in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_default_limits_never_fire_on_simulated_normal_readings():
+    """Not on the default plant, nor on the hot, big and small ones."""
+    for params in (DEFAULT_PARAMS, *(SHIFTED_PLANTS[k] for k in ("hot", "big", "small"))):
+        cols = FactorySimulator(seed=3, machines=20, step_minutes=5.0, params=params).run(300)
+        c = cols.columns
+        calm = np.flatnonzero(np.asarray(c["hazard_type"]) == "NONE")
+        for i in calm:
+            values = [float(c[name][i]) for _, name, _ in logic.LIMITED]
+            assert logic.limit_exceeded(int(c["machine_id"][i]), values, DEFAULT) is None

@@ -23,7 +23,7 @@ from factory_mas.agents.pm import logic as pm_logic
 from factory_mas.hub import Hub
 from factory_mas.settings import Settings
 from tests.support.app import running_app
-from tests.support.ppe import EQUIPPED, NO_HELMET, encode, post_image, ppe_agent, render
+from tests.support.ppe import EQUIPPED, NO_HELMET, frames, post_image, ppe_agent
 from tests.support.records import record
 
 
@@ -141,8 +141,9 @@ async def test_cyber_level_mapping_changes_over_rest(settings: Settings):
 
 async def test_a_wider_ppe_window_takes_effect_for_cameras_already_seen(settings: Settings):
     async with running_app(settings) as (components, client):
-        for seed in range(5):
-            await post_image(client, encode(render(EQUIPPED, 300 + seed)), "dock")
+        # Renders the committed model judges as drawn: this is about the window, not the model.
+        for frame in frames(EQUIPPED, 5, first_seed=300):
+            await post_image(client, frame, "dock")
         answer = await ask(
             components.hub,
             "ppe_agent",
@@ -150,8 +151,8 @@ async def test_a_wider_ppe_window_takes_effect_for_cameras_already_seen(settings
         )
         assert answer["accepted"] is True, answer
         missing = []
-        for seed in range(8):
-            response = await post_image(client, encode(render(NO_HELMET, 400 + seed)), "dock")
+        for frame in frames(NO_HELMET, 8, first_seed=400):
+            response = await post_image(client, frame, "dock")
             missing.append(response.json()["result"]["missing_items"])
         agent = ppe_agent(components)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 
@@ -10,8 +11,10 @@ import numpy as np
 from PIL import Image
 
 from factory_mas.agents.ppe.agent import PpeAgent
+from factory_mas.agents.ppe.model import PpeModel
 from factory_mas.app import Components
 from factory_mas.sim.ppe_images import render_worker
+from tests.support.paths import ARTIFACTS
 
 PPE = "/api/ppe"
 
@@ -46,3 +49,23 @@ async def post_image(client: httpx.AsyncClient, data: bytes, camera: str, fmt: s
         content=data,
         headers={"content-type": f"image/{fmt}"},
     )
+
+
+@functools.cache
+def committed_model() -> PpeModel:
+    return PpeModel.load(ARTIFACTS)
+
+
+def frames(worn: Sequence[bool], n: int, first_seed: int = 100) -> list[bytes]:
+    """n PNG renders, from first_seed on, that the committed model alone judges as `worn`
+    with a worker present: the model is right on about 9 frames in 10, and these tests are
+    about what the agent makes of its verdicts (smoothing, episodes, alerts)."""
+    out: list[bytes] = []
+    seed = first_seed
+    while len(out) < n:
+        pixels = render(worn, seed)
+        seed += 1
+        items, person = committed_model().scores(pixels[None])
+        if (items[0] >= 0.5).tolist() == list(worn) and (person is None or person[0] >= 0.5):
+            out.append(encode(pixels))
+    return out

@@ -11,6 +11,7 @@ import msgspec
 
 from ...ingest.schema import columns_of
 from ...messages import Alert, Prediction, TelemetryRecord
+from ...ml.normal import Normal, Normals
 from ...settings import CyberSettings
 from ..base import AgentContext, BaseAgent
 from . import logic
@@ -21,10 +22,12 @@ log = logging.getLogger(__name__)
 
 
 class CyberState(msgspec.Struct):
-    """What a restart must not forget: each machine's last reading and anomaly run."""
+    """What a restart must not forget: each machine's last reading, anomaly run and
+    learned normal."""
 
     readings: list[tuple[int, float, float, float, float]] = msgspec.field(default_factory=list)
     runs: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    normals: list[tuple[int, Normal]] = msgspec.field(default_factory=list)
 
 
 class CyberAgent(BaseAgent):
@@ -38,6 +41,17 @@ class CyberAgent(BaseAgent):
         super().__init__(settings, ctx)
         self.readings = LastReadings()
         self.runs: dict[int, int] = {}
+        # Each machine's normal, learnt on from the model's; kept across a model reload,
+        # since a machine's traffic does not change with the model.
+        self.normals: Normals | None = None
+        self._saved_normals: list[tuple[int, Normal]] = []
+
+    def live_normals(self) -> Normals:
+        if self.normals is None:
+            self.normals = self.model.fresh_normals()
+            if self._saved_normals:
+                self.normals.restore(self._saved_normals)
+        return self.normals
 
     def load(self) -> CyberModel:
         return CyberModel.load(self.ctx.models_dir)
@@ -46,10 +60,10 @@ class CyberAgent(BaseAgent):
         now = datetime.now(UTC)
         stamps = [(r.timestamp or now).timestamp() for r in records]
         x = features(self.readings.add_deltas(columns_of(records), stamps))
-        scores, _, zscores = self.model.predict(x)
+        scored = self.model.score([r.machine_id for r in records], x, self.live_normals())
         t = self.settings
         out: list[Prediction] = []
-        columns = (scores.tolist(), x.tolist(), zscores.tolist())
+        columns = (scored.scores.tolist(), x.tolist(), scored.zscores.tolist())
         memory = self.conditioner
         for record, raw, values, z in zip(records, *columns, strict=True):
             machine = record.machine_id
@@ -96,6 +110,7 @@ class CyberAgent(BaseAgent):
             CyberState(
                 readings=[(m, *reading) for m, reading in self.readings.known.items()],
                 runs=list(self.runs.items()),
+                normals=self.normals.state() if self.normals is not None else self._saved_normals,
             )
         )
 
@@ -110,3 +125,5 @@ class CyberAgent(BaseAgent):
         }
         self.readings = LastReadings(known)
         self.runs = dict(restored.runs)
+        self._saved_normals = restored.normals
+        self.normals = None

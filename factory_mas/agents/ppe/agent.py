@@ -98,12 +98,21 @@ class PpeAgent(BaseAgent):
                 for f in frames
             ]
         )
-        probabilities = self.model.predict(pixels)
+        probabilities, person = self.model.scores(pixels)
         t = self.settings
         now = datetime.now(UTC)
         out = []
-        for frame, row in zip(frames, probabilities.tolist(), strict=True):
-            seen = logic.worn_items(dict(zip(logic.ITEMS, row, strict=True)), t.threshold)
+        people = [None] * len(frames) if person is None else person.tolist()
+        for frame, row, person_score in zip(frames, probabilities.tolist(), people, strict=True):
+            present = person_score is None or person_score >= t.person_threshold
+            # Nobody in the frame counts as a frame in which nothing is missing: a worker
+            # who walks away clears the violation after clear_worn_frames such frames, and
+            # one frame where the model misses the worker does not restart an episode.
+            seen = (
+                logic.worn_items(dict(zip(logic.ITEMS, row, strict=True)), t.threshold)
+                if present
+                else frozenset(logic.ITEMS)
+            )
             camera = self.cameras.get(frame.camera_id)
             if camera is None:
                 camera = self.cameras[frame.camera_id] = _Camera(t.window_frames)
@@ -125,6 +134,8 @@ class PpeAgent(BaseAgent):
                         missing_items=missing,
                         compliant=not missing,
                         raw_missing=logic.missing_of(seen),
+                        person_present=present,
+                        person_score=None if person_score is None else round(person_score, 4),
                     ).as_result(),
                 )
             )

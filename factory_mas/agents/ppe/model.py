@@ -4,8 +4,10 @@ The bundled model comes from artifacts/ (verified by the manifest). An operator 
 their own instead (settings `model_path` and `labels_path`): any .tflite that takes RGB
 images [N, H, W, 3] as float32 pixel values 0..255 and returns [N, labels] probabilities,
 with a labels file naming its outputs one per line. The labels must include helmet, boots,
-pants and shirt, in any order; other labels are allowed and ignored. A Keras file is not
-served: converting it needs TensorFlow, which the server does not carry.
+pants and shirt, in any order; a `person` label, when present, is the probability that
+anyone is in the frame (no violation without one); other labels are allowed and ignored. A
+model without `person` is served as before: every frame is taken to show a worker. A Keras
+file is not served: converting it needs TensorFlow, which the server does not carry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ...ml.inference import LiteRtModel
 from .logic import ITEMS
 
 AGENT_ID = "ppe_agent"
+PERSON = "person"
 # What the code feeds the network: RGB pixels 0..255 as float32; the model scales them
 # itself. Changing that contract must make old artifacts fail the manifest check.
 FEATURES: tuple[str, ...] = ("rgb_0_255",)
@@ -57,6 +60,7 @@ class PpeModel:
         self.version = version
         # Output column of each item, so a model with its own label order scores the same.
         self.columns = [labels.index(item) for item in ITEMS]
+        self.person_column = labels.index(PERSON) if PERSON in labels else None
         self.input_size = self._check_shapes()
         self._check_runs()
 
@@ -116,4 +120,11 @@ class PpeModel:
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities [N, len(ITEMS)] in ITEMS order for RGB uint8 frames [N, H, W, 3]."""
-        return self.net.predict(pixels)[:, self.columns]
+        return self.scores(pixels)[0]
+
+    def scores(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The items' probabilities [N, len(ITEMS)] and the probability [N] that a person
+        is in each frame, None for a model without a person output."""
+        out = self.net.predict(pixels)
+        person = None if self.person_column is None else out[:, self.person_column]
+        return out[:, self.columns], person

@@ -10,3 +10,7 @@ class PpeResult(AgentResult):
     missing_items: list[str]  # smoothed over the camera's window
     compliant: bool
     raw_missing: list[str]  # this frame alone
+    # Whether the frame shows anyone: without a person no item is missing. person_score is
+    # the model's probability, None for a model without a person output (always present).
+    person_present: bool = True
+    person_score: float | None = None

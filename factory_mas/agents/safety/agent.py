@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
 
 from ...ingest.schema import columns_of
 from ...messages import Alert, Prediction, TelemetryRecord
 from ...settings import SafetySettings
 from ..base import BaseAgent
 from . import logic
-from .model import AGENT_ID, CLASSES, HAZARDS, SafetyModel, features
+from .model import AGENT_ID, CLASSES, HAZARDS, SafetyModel
 from .result import SafetyResult
 
 
@@ -25,11 +28,11 @@ class SafetyAgent(BaseAgent):
         return SafetyModel.load(self.ctx.models_dir)
 
     def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
-        probabilities = self.model.predict(features(columns_of(records))).tolist()
         t, memory = self.settings, self.conditioner
+        probabilities, exceeded = self.model.assess(columns_of(records), t)
         now = datetime.now(UTC)
         out = []
-        for record, classes in zip(records, probabilities, strict=True):
+        for record, classes, beyond in zip(records, probabilities.tolist(), exceeded, strict=True):
             machine = record.machine_id
             raw = logic.hazard_score(classes[0])
             # Every class smoothed alike, so the score and the hazard named agree.
@@ -39,6 +42,10 @@ class SafetyAgent(BaseAgent):
             )
             score = logic.hazard_score(p_none)
             kind = logic.hazard_type_for(score, dict(zip(HAZARDS, p_hazards, strict=True)), t)
+            if beyond is not None:
+                # A measured reading beyond a limit outranks the classifier's guess.
+                kind = beyond[0]
+                score = logic.score_for_limit(score, t)
             level = logic.level_for(score, kind, t, memory.previous_level(machine))
             memory.level(machine, level, (record.timestamp or now).timestamp())
             out.append(
@@ -52,10 +59,19 @@ class SafetyAgent(BaseAgent):
                         hazard_type=kind,
                         safety_score=logic.safety_score(score),
                         evacuation_required=logic.evacuation_required(level),
+                        limit="" if beyond is None else beyond[1],
                     ),
                 )
             )
         return out
+
+    def export_state(self) -> Any:
+        """Each machine's learned normal, so a restart does not start it from the prior."""
+        return msgspec.to_builtins(self.model.normals.state()) if self.model else None
+
+    def import_state(self, state: Any) -> None:
+        if self.model is not None and state is not None:
+            self.model.normals.restore(state)
 
     def make_alert(self, prediction: Prediction) -> Alert:
         r = prediction.result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...levels import Level
@@ -20,6 +20,40 @@ _DO: dict[str, str] = {
     "MECHANICAL_HAZARD": "Stop the machine and keep people clear of moving parts until inspected.",
     "ELECTRICAL_HAZARD": "Isolate the supply (lockout/tagout) before anyone touches the machine.",
 }
+
+
+# The hazard each physical limit stands for, the reading it bounds, and its unit, in the
+# order of SafetySettings.limits_of().
+LIMITED: tuple[tuple[str, str, str], ...] = (
+    ("FIRE_RISK", "temperature_c", "C"),
+    ("MECHANICAL_HAZARD", "vibration_hz", "Hz"),
+    ("ELECTRICAL_HAZARD", "power_consumption_kw", "kW"),
+)
+
+
+def limit_exceeded(
+    machine_id: int | None, values: Sequence[float], t: SafetySettings
+) -> tuple[str, str] | None:
+    """(hazard, what was exceeded) for the first limit of the machine that `values` (one
+    reading per LIMITED entry) goes beyond; None when all are within (or off)."""
+    for (hazard, name, unit), value, limit in zip(
+        LIMITED, values, t.limits_of(machine_id), strict=True
+    ):
+        if limit > 0 and value > limit:
+            return hazard, f"{name} {value:g} {unit} is above its limit of {limit:g} {unit}"
+    return None
+
+
+def score_for_limit(score: float, t: SafetySettings) -> float:
+    """A score at least at the cut of limit_level, so the level, the score and the
+    safety score all tell of the exceeded limit."""
+    cut = {
+        "CAUTION": t.hazard_score_caution,
+        "WARNING": t.hazard_score_warning,
+        "CRITICAL": t.hazard_score_critical,
+        "EMERGENCY": t.hazard_score_emergency,
+    }[t.limit_level]
+    return max(score, cut)
 
 
 def hazard_score(p_none: float) -> float:
@@ -61,9 +95,10 @@ def evacuation_required(level: Level) -> bool:
 def alert_details(machine_id: int | None, level: Level, result: Mapping[str, Any]) -> str:
     kind = result["hazard_type"]
     first = "EVACUATE THE AREA NOW. " if result["evacuation_required"] else ""
+    what = result.get("limit") or _WHAT.get(kind, "unusual readings")
     return (
         f"Machine {machine_id}: {kind.replace('_', ' ').lower()} ({level}), "
         f"hazard score {result['hazard_score']:.0%}, safety score "
-        f"{result['safety_score']:.0f}/100; {_WHAT.get(kind, 'unusual readings')}. "
+        f"{result['safety_score']:.0f}/100; {what}. "
         f"{first}{_DO.get(kind, 'Inspect the machine.')}"
     )

@@ -11,3 +11,6 @@ class SafetyResult(AgentResult):
     hazard_type: str  # NONE below the caution score, else the likeliest hazard
     safety_score: float  # 0..100
     evacuation_required: bool
+    # The physical limit exceeded, in words ("temperature_c 131 C is above its limit of
+    # 115 C"); empty when none is.
+    limit: str = ""
