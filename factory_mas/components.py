@@ -47,7 +47,7 @@ from .bridges.scada.service import ScadaBridge
 from .configure import Configurator
 from .configure.requests import ConfigResult
 from .errors import FactoryError, SettingsError
-from .history import HistoryWriter, StoredHistory
+from .history import HistoryWriter, StoredHistory, TelemetryApi, TelemetryHistorian
 from .http.api import ApiError
 from .http.dashboard import ingest_routes
 from .http.dashboard import routes as web_routes
@@ -55,6 +55,7 @@ from .hub import Hub
 from .ingest.intake import Intake
 from .ingest.machines import Machines
 from .ingest.replay import CameraReplay, Replay
+from .labels.routes import LabelRoutes
 from .ml.inference import Inference
 from .notify import Notifier
 from .orchestrator.logic import AlarmConflict
@@ -70,8 +71,11 @@ log = logging.getLogger(__name__)
 JOURNAL_PRUNE_S = 30.0
 
 # What each role runs, by the name of its row in Components.parts.
-_INGEST_SIDE = frozenset({"inference", "intake", "agents", "history", "configurator"})
-_CONTROL_SIDE = frozenset({"notifier", "planner", "orchestrator", "backlog", "scada", "dashboard"})
+_INGEST_SIDE = frozenset({"inference", "intake", "agents", "history", "telemetry", "configurator"})
+# Labels are what operators log, beside their alarms.
+_CONTROL_SIDE = frozenset(
+    {"notifier", "planner", "orchestrator", "backlog", "scada", "dashboard", "labels"}
+)
 _SHARED = frozenset({"store", "hub", "mqtt"})
 ROLE_RUNS: dict[Role, frozenset[str]] = {
     "all": _SHARED | _INGEST_SIDE | _CONTROL_SIDE | {"replay"},
@@ -262,6 +266,9 @@ class Components:
     notifier: Notifier
     orchestrator: Orchestrator
     history: HistoryWriter
+    # The telemetry historian: where ingest happens, so each record is stored once, by
+    # the instance that journaled it.
+    telemetry: TelemetryHistorian
     mqtt: MqttBridge
     configurator: Configurator
     backlog: BacklogAgent
@@ -300,6 +307,7 @@ class Components:
             return lambda: [Mount(prefix, routes=routes())]
 
         replay = self.settings.replay
+        telemetry_api = TelemetryApi(self.store)
         return (
             Part(
                 "store",
@@ -307,6 +315,11 @@ class Components:
                 (self.store, Step(lambda: ensure_first_key(self.store, self.settings))),
             ),
             Part("hub", (Step(stop=self.hub.close),), section="hub", stats=self.hub.stats),
+            Part(
+                "labels",
+                routes=LabelRoutes(self.store, self.settings.server.max_body_bytes).routes,
+                elsewhere=served_by_control("/api/labels"),
+            ),
             Part(
                 "notifier",
                 (self.notifier,),
@@ -337,6 +350,16 @@ class Components:
             Part("inference", (self.inference,)),
             # Before the agents, so it stops after them and writes their last predictions.
             Part("history", (self.history,), section="history", stats=self.history.stats),
+            # Before the producers (intake, the bridge, the replay), so it hears their first
+            # records. The stored telemetry is read from the shared store in any role.
+            Part(
+                "telemetry",
+                (self.telemetry,),
+                telemetry_api.routes,
+                telemetry_api.routes,
+                section="telemetry",
+                stats=self.telemetry.stats,
+            ),
             Part(
                 "configurator",
                 # Before the MQTT bridge, so no config request from the broker finds nobody
@@ -383,7 +406,11 @@ class Components:
                 "agents",
                 (
                     *self.agents,
-                    *([Every(JOURNAL_PRUNE_S, self.prune_journal)] if self.agents else []),
+                    *(
+                        [Every(JOURNAL_PRUNE_S, self.prune_journal)]
+                        if self.agents or self.telemetry.enabled
+                        else []
+                    ),
                 ),
                 lambda: [Mount(f"/api/{a.slug}", routes=a.routes()) for a in self.agents],
                 self._stored_history_routes,
@@ -538,10 +565,12 @@ class Components:
 
     async def prune_journal(self) -> int:
         """Drop journal rows that the saved checkpoint of every running agent that reads
-        the journal covers."""
+        the journal, and the telemetry historian's stored cursor, cover."""
         cursors = [
             a.durable_cursor for a in self.agents if a.status == "running" and a.reads_journal
         ]
+        if self.telemetry.running:
+            cursors.append(self.telemetry.durable_cursor)
         if not cursors or min(cursors) == 0:
             return 0
         return await self.store.inbox_prune(min(cursors))
@@ -644,6 +673,14 @@ def build_components(
         queue_size=h.queue_size,
         sample_s=h.sample_s,
     )
+    telemetry = TelemetryHistorian(
+        hub,
+        store,
+        h.telemetry_retention_days,
+        h.telemetry_max_rows,
+        enabled=h.telemetry_enabled,
+        flush_interval_s=h.flush_interval_s,
+    )
     mqtt = MqttBridge(
         role_mqtt_settings(settings),
         hub,
@@ -669,6 +706,7 @@ def build_components(
         notifier,
         orchestrator,
         history,
+        telemetry,
         mqtt,
         configurator,
         BacklogAgent(settings.backlog, hub, store),

@@ -413,6 +413,15 @@ async def test_two_ingest_instances_score_each_record_once_and_the_control_alarm
             interval_s=0.1,
         )
 
+        async def raw_history() -> list[dict[str, Any]]:
+            got = await control_http.get("/api/telemetry", params={"limit": 100_000})
+            return got.json()["records"]
+
+        async def raw_stored() -> bool:
+            return len(await raw_history()) >= 10_000
+
+        await until(raw_stored, "10,000 raw records stored", timeout_s=TIMEOUT_S, interval_s=0.1)
+
         async def scada_points() -> dict[str, Any]:
             got = (await control_http.get("/api/scada/points")).json()["points"]
             values = {p["name"]: p["value"] for p in got}
@@ -428,6 +437,7 @@ async def test_two_ingest_instances_score_each_record_once_and_the_control_alarm
         final = await statuses()
         control_status = (await control_http.get("/status")).json()
         history = await stored()
+        raw = await raw_history()
         alarms = (
             await control_http.get("/api/orchestrator/alarms", params={"limit": 10_000})
         ).json()["alarms"]
@@ -459,6 +469,9 @@ async def test_two_ingest_instances_score_each_record_once_and_the_control_alarm
     assert len(history) == 10_000
     assert set(counts) == {key(r) for r in sent}
     assert max(counts.values()) == 1
+    # The raw telemetry too, stored by the instance that took each record.
+    assert sorted(map(key, raw)) == sorted(map(key, sent))
+    assert sum(s["telemetry"]["written"] for s in final) == 10_000
 
     # The control instance: every alert once (none lost, none doubled on the way) ...
     assert control_status["orchestrator"]["alerts"] == sent_alerts

@@ -25,7 +25,8 @@ _OPERATOR_WRITES = re.compile(
     r"/api/ingest"
     r"|/api/[a-z_]+/predict"
     r"|/api/orchestrator/alert"
-    r"|/api/orchestrator/alarms/[^/]+/(ack|shelve|unshelve|comment)"
+    r"|/api/labels"
+    r"|/api/orchestrator/alarms/[^/]+/(ack|shelve|unshelve|comment|feedback)"
     r"|/api/backlog/generate"
     r"|/api/planner/plan"
 )

@@ -2,8 +2,8 @@
 GET /api/auth/whoami: which key is calling.
 
 The audit trail is read from where each change is already recorded in its own
-transaction: alarm_events (ack, shelve, unshelve, comment) and config_changes (settings
-from any protocol, and API keys under target "auth").
+transaction: alarm_events (ack, shelve, unshelve, comment, feedback) and config_changes
+(settings from any protocol, API keys under target "auth", labels under "labels").
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..http.api import json_response, query_int, query_time
+from ..labels.store import AUDIT_TARGET as LABELS_TARGET
 from ..store import Store, alarm_events, config_changes
 from ..times import iso
 from .keys import AUDIT_TARGET, Principal
 
 AUDIT_LIMIT_MAX = 10_000
+# Audit rows that are not setting changes, by target: their source and their own action.
+_OWN_SOURCES = {AUDIT_TARGET: "keys", LABELS_TARGET: "labels"}
 # Alarm events people cause, and what the system does in their place (a chattering
 # alarm marked and shelved, by "system"); raised/cleared/escalated come from the agents
 # by the thousand and are each alarm's own history (GET /api/orchestrator/alarms/{id}).
-AUDITED_ALARM_KINDS = ("acked", "shelved", "unshelved", "comment", "chattering")
+AUDITED_ALARM_KINDS = ("acked", "shelved", "unshelved", "comment", "feedback", "chattering")
 
 
 def audit(conn: Connection, since: float | None, limit: int) -> list[dict[str, Any]]:
@@ -59,14 +62,14 @@ def audit(conn: Connection, since: float | None, limit: int) -> list[dict[str, A
         found.append((row.at, entry))
     for row in conn.execute(changes):
         data = msgspec.json.decode(row.data)
-        keys_change = row.target == AUDIT_TARGET
+        own = _OWN_SOURCES.get(row.target)
         request = data.get("request")
         entry = {
             "at": iso(row.at),
             "actor": row.by,
-            "source": "keys" if keys_change else f"config:{row.target}",
+            "source": own or f"config:{row.target}",
             "action": request.get("action", "change")
-            if keys_change and isinstance(request, dict)
+            if own and isinstance(request, dict)
             else "change",
             "origin": row.origin,
             "accepted": row.accepted,

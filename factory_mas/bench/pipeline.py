@@ -8,7 +8,8 @@ fixed load, all on the same synthetic data in one run.
 - End to end, the same records arrive as JSON bytes and take the path that HTTP ingest and
   the MQTT bridge take: decoded, validated, journaled, published on the hub, scored by
   every agent, alerts evaluated, alarms raised and committed, history stored. The figure
-  is its sustained rate and its ratio to the limit.
+  is its sustained rate and its ratio to the limit. The same run again with the telemetry
+  historian off says what storing every raw record costs (the ratio of the two rates).
 - Latency offers 1,000 records/s on a fixed schedule and times each record from its
   arrival to its predictions on the hub, and to the alarm it raised.
 """
@@ -38,6 +39,9 @@ from .targets import target, verdict
 
 E2E_TARGET_PER_S = 10_000
 E2E_RATIO_TARGET = 0.7
+# End to end with the telemetry historian on, against off: storing every raw record may
+# cost at most a fifth of the rate.
+HISTORIAN_RATIO_TARGET = 0.8
 ALARM_P99_TARGET_MS = 50.0
 OFFERED_PER_S = 1_000
 PPE_FPS = 20
@@ -174,11 +178,18 @@ async def wait_for(reached: Callable[[], bool], what: str, timeout_s: float = _T
 
 
 def settled(c: Any) -> bool:
-    """Nothing left in flight after the agents: alerts handled, history written."""
+    """Nothing left in flight after the agents: alerts handled, history written, the
+    raw telemetry stored."""
     orchestrator = c.orchestrator._sub
     history = c.history.stats()
-    return (orchestrator is None or len(orchestrator) == 0) and (
-        history["pending"] == 0 and (history["queue"] or {}).get("depth", 0) == 0
+    raw = c.telemetry.stats()
+    return (
+        (orchestrator is None or len(orchestrator) == 0)
+        and history["pending"] == 0
+        and (history["queue"] or {}).get("depth", 0) == 0
+        and raw.get("pending", 0) == 0
+        and (raw.get("queue") or {}).get("depth", 0) == 0
+        and not raw.get("catching_up")
     )
 
 
@@ -233,6 +244,7 @@ def _counters(c: Any) -> dict[str, Any]:
         "alarms_raised": c.orchestrator.counters["alarms_raised"],
         "history_written": c.history.written,
         "history_dropped": c.history.stats()["dropped"],
+        "telemetry_stored": c.telemetry.written,
     }
 
 
@@ -246,10 +258,16 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _end_to_end(
-    settings: Settings, payloads: list[bytes], records: int, jpegs: list[bytes]
+    settings: Settings,
+    payloads: list[bytes],
+    records: int,
+    jpegs: list[bytes],
+    historian: bool = True,
 ) -> dict[str, Any]:
-    """`payloads`: JSON arrays holding `records` records in all."""
-    async with bench_app(settings) as c:
+    """`payloads`: JSON arrays holding `records` records in all; `historian`: whether the
+    raw telemetry is stored."""
+    history = msgspec.structs.replace(settings.history, telemetry_enabled=historian)
+    async with bench_app(settings, history=history) as c:
         # Warm-up: first batches allocate tensors and caches; not part of the figure.
         await c.intake.accept(msgspec.json.decode(payloads[0]), "bench", journal=True)
         await wait_for(lambda: scored(c) > 0 and settled(c), "the warm-up")
@@ -394,26 +412,41 @@ def run_pipeline_bench(settings: Settings, quick: bool) -> dict[str, Any]:
     limit = inference_limit(settings, 8_192 if quick else 32_768, 2.0 if quick else 8.0)
     jpegs = camera_frames(8)
     rows = raw_records(records)
-    e2e = asyncio.run(_end_to_end(settings, json_batches(rows), len(rows), jpegs))
+    payloads = json_batches(rows)
+    e2e = asyncio.run(_end_to_end(settings, payloads, len(rows), jpegs))
+    bare = asyncio.run(_end_to_end(settings, payloads, len(rows), jpegs, historian=False))
     fixed = asyncio.run(_fixed_load(settings, raw_records(10_000), jpegs, 5.0 if quick else 30.0))
     problems = consistency("end to end", e2e["counts"], e2e["records"], e2e["ppe_frames_sent"])
     problems += consistency(
         "fixed load", fixed["counts"], fixed["records"], fixed["ppe_frames_sent"]
     )
+    problems += consistency(
+        "historian off", bare["counts"], bare["records"], bare["ppe_frames_sent"]
+    )
+    if e2e["counts"]["telemetry_stored"] != e2e["records"]:
+        problems.append(
+            f"end to end: {e2e['counts']['telemetry_stored']} of {e2e['records']} records "
+            "stored by the telemetry historian"
+        )
     if fixed["alarms_seen"] != fixed["triggers"]:
         problems.append(
             f"fixed load: {fixed['alarms_seen']} alarms for {fixed['triggers']} hazards"
         )
     ratio = e2e["per_s"] / limit["per_s"]
+    historian_ratio = e2e["per_s"] / bare["per_s"]
     alarm_p99 = fixed["record_to_alarm_ms"].get("p99_ms", float("inf"))
     return {
         "problems": problems,
         "inference_limit": limit,
         "end_to_end": e2e,
         "latency": fixed,
+        "historian_off": bare,
         "targets": {
             "end_to_end_per_s": target(e2e["per_s"], E2E_TARGET_PER_S, at_least=True),
             "end_to_end_ratio": target(ratio, E2E_RATIO_TARGET, at_least=True),
+            "historian_on_off_ratio": target(
+                historian_ratio, HISTORIAN_RATIO_TARGET, at_least=True
+            ),
             "record_to_alarm_p99_ms": target(alarm_p99, ALARM_P99_TARGET_MS, at_least=False),
         },
     }
@@ -439,11 +472,12 @@ def consistency(run: str, counts: dict[str, Any], records: int, frames: int) -> 
 
 
 def pipeline_report(results: dict[str, Any]) -> str:
-    lim, e2e, lat, t = (
+    lim, e2e, lat, t, bare = (
         results["inference_limit"],
         results["end_to_end"],
         results["latency"],
         results["targets"],
+        results["historian_off"],
     )
     pred, alarm = lat["record_to_prediction_ms"], lat["record_to_alarm_ms"]
     return "\n".join(
@@ -456,6 +490,8 @@ def pipeline_report(results: dict[str, Any]) -> str:
             f"5 agents -> alarms -> history ({e2e['records']:,} records, PPE "
             f"{e2e['ppe_frames_per_s']:.0f} frames/s)",
             f"  end to end / limit {t['end_to_end_ratio']['value']:>8.0%}",
+            f"  historian off     {bare['per_s']:>9,.0f}   the same without storing raw "
+            f"telemetry; on / off {t['historian_on_off_ratio']['value']:.0%}",
             f"  latency at {lat['offered_per_s']:,} records/s offered "
             f"({lat['achieved_per_s']:,.0f} achieved, {lat['records']:,} records):",
             f"    record -> prediction  p50 {pred['p50_ms']:.1f} ms  p99 {pred['p99_ms']:.1f} ms  "
@@ -466,6 +502,7 @@ def pipeline_report(results: dict[str, Any]) -> str:
             f"  target end to end >= {E2E_TARGET_PER_S:,}/s: "
             f"{verdict(t['end_to_end_per_s'])}; >= {E2E_RATIO_TARGET:.0%} of the limit: "
             f"{verdict(t['end_to_end_ratio'])}; alarm p99 <= {ALARM_P99_TARGET_MS:.0f} ms: "
-            f"{verdict(t['record_to_alarm_p99_ms'])}",
+            f"{verdict(t['record_to_alarm_p99_ms'])}; historian on / off >= "
+            f"{HISTORIAN_RATIO_TARGET:.0%}: {verdict(t['historian_on_off_ratio'])}",
         ]
     )

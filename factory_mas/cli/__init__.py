@@ -11,11 +11,14 @@ import sys
 
 from .. import __version__
 from ..errors import FactoryError, SettingsError
+from ..labels.model import LABEL_KINDS
 from ..logs import formatter
 from ..settings import ROLES, load_settings
-from ..times import parse_instant
 from .commands import cmd_bench, cmd_convert, cmd_points, cmd_serve, cmd_train
+from .export import add_parser as add_export_parser
+from .export import cmd_export, instant
 from .keys import cmd_keys
+from .labels import cmd_labels
 from .replay import API_KEY_ENV, cmd_replay
 
 
@@ -56,10 +59,10 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--images", metavar="DIR", help="train ppe on these photos (with --labels)")
     train.add_argument("--labels", metavar="FILE", help="labels CSV (photos' labels for --images)")
     train.add_argument(
-        "--since", type=parse_instant, help="--from-store: from this time (ISO 8601)"
+        "--since", type=instant, help="--from-store: from this time (ISO 8601 or Unix s)"
     )
     train.add_argument(
-        "--until", type=parse_instant, help="--from-store: up to this time (ISO 8601)"
+        "--until", type=instant, help="--from-store: up to this time (ISO 8601 or Unix s)"
     )
     train.add_argument(
         "--map",
@@ -133,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--machines", type=int, help="number of simulated machines")
     replay.add_argument("--seed", type=int, help="simulator seed")
     replay.add_argument("--count", type=int, help="stop after this many records")
+    add_export_parser(sub)
     points = sub.add_parser("points", help="print the SCADA point table (OPC UA, Modbus, DNP3)")
     shape = points.add_mutually_exclusive_group()
     shape.add_argument("--csv", dest="format", action="store_const", const="csv")
@@ -170,7 +174,26 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="as JSON")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix (fmk_...)")
     revoke.add_argument("key", metavar="ID_OR_PREFIX")
+    _labels_parser(sub)
     return p
+
+
+def _labels_parser(sub: argparse._SubParsersAction) -> None:
+    labels = sub.add_parser(
+        "labels", help="maintenance, failures, incidents and alarm verdicts: import, export"
+    )
+    labels_sub = labels.add_subparsers(dest="labels_command", required=True)
+    load = labels_sub.add_parser("import", help="store the labels of a CSV (docs/api.md, Labels)")
+    load.add_argument("file", metavar="FILE.csv")
+    load.add_argument(
+        "--skip-invalid", action="store_true", help="store the good lines, skip the bad ones"
+    )
+    export = labels_sub.add_parser("export", help="write stored labels as CSV")
+    export.add_argument("--kind", choices=LABEL_KINDS)
+    export.add_argument("--machine-id", type=int)
+    export.add_argument("--since", type=instant, help="from this start (ISO 8601 or Unix s)")
+    export.add_argument("--until", type=instant, help="before this start (ISO 8601 or Unix s)")
+    export.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
 
 
 COMMANDS = {
@@ -181,6 +204,8 @@ COMMANDS = {
     "convert": cmd_convert,
     "points": cmd_points,
     "keys": cmd_keys,
+    "export": cmd_export,
+    "labels": cmd_labels,
 }
 
 

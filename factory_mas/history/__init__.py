@@ -1,7 +1,18 @@
-"""Prediction history beyond the agents' in-memory rings: written to the store (`writer`),
-queried back (`reader`)."""
+"""History beyond the agents' in-memory rings, in the store: predictions (written by
+`writer`, queried back by `reader`) and the raw telemetry (written by `historian`, read by
+`telemetry`, served and exported by `export`)."""
 
+from .export import TelemetryApi
+from .historian import TelemetryHistorian
 from .reader import HistoryQuery, StoredHistory, newest, query
 from .writer import HistoryWriter
 
-__all__ = ["HistoryQuery", "HistoryWriter", "StoredHistory", "newest", "query"]
+__all__ = [
+    "HistoryQuery",
+    "HistoryWriter",
+    "StoredHistory",
+    "TelemetryApi",
+    "TelemetryHistorian",
+    "newest",
+    "query",
+]

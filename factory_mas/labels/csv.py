@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from factory_mas.errors import FactoryError
-from factory_mas.labels.model import CSV_COLUMNS, INCIDENT_TYPES, LABEL_KINDS, VERDICTS, Label
+from factory_mas.labels.model import CSV_COLUMNS, LABEL_KINDS, Label, LabelError, checked
 
 
 class LabelsCsvError(FactoryError, ValueError):
@@ -26,11 +27,10 @@ class _Bad(ValueError):
 
 def _instant(column: str, raw: str) -> datetime:
     try:
-        at = datetime.fromisoformat(raw)
+        # A naive time is read as UTC (checked() says so), as the telemetry export writes it.
+        return datetime.fromisoformat(raw)
     except ValueError:
         raise _Bad(column, f"{raw!r} is not an ISO 8601 time") from None
-    # A naive time in a plant file is read as UTC, as the telemetry export writes it.
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _optional_int(column: str, raw: str) -> int | None:
@@ -47,26 +47,21 @@ def label_of(row: Mapping[str, str]) -> Label:
     kind = row.get("kind", "")
     if kind not in LABEL_KINDS:
         raise _Bad("kind", f"{kind!r} is not one of {', '.join(LABEL_KINDS)}")
-    detail = row.get("detail", "")
-    if kind == "incident" and detail not in INCIDENT_TYPES:
-        raise _Bad("detail", f"{detail!r} is not one of {', '.join(INCIDENT_TYPES)}")
-    if kind == "alarm_feedback" and detail not in VERDICTS:
-        raise _Bad("detail", f"{detail!r} is not one of {', '.join(VERDICTS)}")
-    start = _instant("start", row.get("start", ""))
-    end = _instant("end", row["end"]) if row.get("end") else None
-    if end is not None and end < start:
-        raise _Bad("end", "is before start")
-    return Label(
+    label = Label(
         kind=kind,  # checked against LABEL_KINDS above
         machine_id=_optional_int("machine_id", row.get("machine_id", "")),
-        start=start,
-        end=end,
-        detail=detail,
+        start=_instant("start", row.get("start", "")),
+        end=_instant("end", row["end"]) if row.get("end") else None,
+        detail=row.get("detail", ""),
         alarm_id=_optional_int("alarm_id", row.get("alarm_id", "")),
         source=row.get("source", ""),
         comment=row.get("comment", ""),
         by=row.get("by", ""),
     )
+    try:
+        return checked(label)
+    except LabelError as bad:
+        raise _Bad(bad.field, bad.reason) from None
 
 
 def parse_labels_csv(path: Path | str) -> tuple[list[Label], list[str]]:
@@ -94,25 +89,32 @@ def read_labels_csv(path: Path | str) -> list[Label]:
     return labels
 
 
-def write_labels_csv(labels: Iterable[Label], out: Path | str) -> int:
-    """Write labels in the import format; returns how many."""
-    n = 0
+def write_labels_csv(labels: Iterable[Label], out: Path | str | TextIO) -> int:
+    """Write labels in the import format, to a file or an open text stream; returns how
+    many."""
+    if not isinstance(out, Path | str):
+        return _write(labels, out)
     with open(out, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for label in labels:
-            writer.writerow(
-                [
-                    label.kind,
-                    "" if label.machine_id is None else label.machine_id,
-                    label.start.isoformat(),
-                    "" if label.end is None else label.end.isoformat(),
-                    label.detail,
-                    "" if label.alarm_id is None else label.alarm_id,
-                    label.source,
-                    label.comment,
-                    label.by,
-                ]
-            )
-            n += 1
+        return _write(labels, f)
+
+
+def _write(labels: Iterable[Label], f: TextIO) -> int:
+    n = 0
+    writer = csv.writer(f)
+    writer.writerow(CSV_COLUMNS)
+    for label in labels:
+        writer.writerow(
+            [
+                label.kind,
+                "" if label.machine_id is None else label.machine_id,
+                label.start.isoformat(),
+                "" if label.end is None else label.end.isoformat(),
+                label.detail,
+                "" if label.alarm_id is None else label.alarm_id,
+                label.source,
+                label.comment,
+                label.by,
+            ]
+        )
+        n += 1
     return n

@@ -20,6 +20,7 @@ from datetime import datetime
 from msgspec import Struct, field
 from msgspec.structs import replace
 
+from ..labels.model import Label
 from ..levels import LEVELS, RANK, Level
 from ..messages import (
     ALARM_STATES,
@@ -69,6 +70,8 @@ class Change:
     event: AlarmEvent | None
     annunciated: bool = False
     plan: bool = False
+    # Alarm feedback: the label it keeps for training, committed with the change.
+    label: Label | None = None
 
 
 def _event(alarm: Alarm, kind: str, by: str, at: datetime, detail: str = "") -> AlarmEvent:
@@ -214,6 +217,28 @@ def unshelve(alarm: Alarm, by: str, at: datetime, detail: str = "") -> Change:
 def comment(alarm: Alarm, by: str, at: datetime, text: str) -> Change:
     new = replace(alarm, comments=[*alarm.comments, AlarmComment(by=by, at=at, text=text)])
     return Change(new, _event(new, "comment", by, at, text))
+
+
+def feedback(alarm: Alarm, by: str, at: datetime, verdict: str, text: str = "") -> Change:
+    """An operator's verdict on an alarm, at any time in its life: the alarm shows the
+    latest, the audit trail each one, and a label keeps it for training and for the record
+    of nuisance alarms. The label starts when the alarm was raised: that is the moment the
+    models' output is judged at."""
+    new = replace(alarm, feedback=verdict)
+    label = Label(
+        kind="alarm_feedback",
+        machine_id=alarm.machine_id,
+        start=alarm.first_seen,
+        detail=verdict,
+        alarm_id=alarm.id,
+        source=alarm.source,
+        comment=text,
+        by=by,
+    )
+    detail = verdict + (f": {text}" if text else "")
+    # Not model.checked: the alarm's own machine and source are kept as they are, even
+    # outside the range people may type (an outside alert may name any machine).
+    return Change(new, _event(new, "feedback", by, at, detail), label=label)
 
 
 def counts(alarms: Iterable[Alarm], now: datetime) -> dict[str, object]:

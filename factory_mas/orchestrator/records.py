@@ -15,6 +15,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..labels.store import insert_labels
 from ..messages import Alarm, AlarmEvent, AlarmState, Alert, Decision
 from ..store import alarm_events, alarms, alerts, decisions, inserted_id
 from .kpis import ACTIVATIONS, KINDS, Event
@@ -107,6 +108,7 @@ def save(conn: Connection, received: Sequence[Alert], changes: Sequence[Change])
             conn.execute(_ALARM_UPDATE, rows)
     if events:
         conn.execute(_EVENT_INSERT, events)
+    insert_labels(conn, [c.label for c in changes if c.label is not None])
 
 
 def _update_row(alarm: Alarm, owed: bool) -> dict[str, object]:

@@ -22,6 +22,7 @@ from ..http.api import (
     read_struct,
 )
 from ..http.ws import WsClient, frame, stream
+from ..labels.model import Verdict
 from ..levels import LEVELS
 from ..messages import ALARM_STATES, Alarm
 from ..times import iso
@@ -43,6 +44,9 @@ Note = Annotated[str, Meta(max_length=2000)]
 class AckBody(Struct, forbid_unknown_fields=True):
     by: Who | None = None
     note: Note = ""
+    # The operator's verdict, given with the acknowledgement (see FeedbackBody).
+    feedback: Verdict | None = None
+    comment: Note = ""
 
 
 class ShelveBody(Struct, forbid_unknown_fields=True):
@@ -59,6 +63,14 @@ class UnshelveBody(Struct, forbid_unknown_fields=True):
 class CommentBody(Struct, forbid_unknown_fields=True, kw_only=True):
     by: Who | None = None
     text: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+# Whether the alarm was real: kept as a label for training and for the record of nuisance
+# alarms (docs/alarms.md, "Feedback").
+class FeedbackBody(Struct, forbid_unknown_fields=True, kw_only=True):
+    by: Who | None = None
+    verdict: Verdict
+    comment: Note = ""
 
 
 class OrchestratorRoutes:
@@ -131,7 +143,17 @@ class OrchestratorRoutes:
         try:
             if action == "ack":
                 ack = await read_struct(request, size, AckBody, "invalid_request")
-                alarm = await self.o.ack(alarm_id, _who(request, ack.by), ack.note)
+                if ack.comment and ack.feedback is None:
+                    raise ApiError(
+                        422,
+                        "invalid_request",
+                        "comment: goes with feedback (confirmed or false_alarm); a note on "
+                        "the acknowledgement itself is `note`",
+                        field="comment",
+                    )
+                alarm = await self.o.ack(
+                    alarm_id, _who(request, ack.by), ack.note, ack.feedback, ack.comment
+                )
             elif action == "shelve":
                 body = await read_struct(request, size, ShelveBody, "invalid_request")
                 alarm = await self.o.shelve(
@@ -143,11 +165,16 @@ class OrchestratorRoutes:
             elif action == "comment":
                 note = await read_struct(request, size, CommentBody, "invalid_request")
                 alarm = await self.o.comment(alarm_id, _who(request, note.by), note.text)
+            elif action == "feedback":
+                said = await read_struct(request, size, FeedbackBody, "invalid_request")
+                alarm = await self.o.feedback(
+                    alarm_id, _who(request, said.by), said.verdict, said.comment
+                )
             else:
                 raise ApiError(
                     404,
                     "not_found",
-                    f"no alarm action {action!r}; use ack, shelve, unshelve or comment",
+                    f"no alarm action {action!r}; use ack, shelve, unshelve, comment or feedback",
                 )
         except AlarmNotFound as exc:
             raise ApiError(404, "not_found", str(exc)) from None

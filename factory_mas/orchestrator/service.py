@@ -372,10 +372,11 @@ class Orchestrator:
 
     # -- operator actions --------------------------------------------------------------
 
-    async def act(self, alarm_id: int, action: Callable[[Alarm], Change]) -> Alarm:
-        """Apply an operator's action (ack, shelve, comment ...) to one alarm and commit.
+    async def act(self, alarm_id: int, *actions: Callable[[Alarm], Change]) -> Alarm:
+        """Apply an operator's actions (ack, shelve, comment ...) to one alarm, each to
+        what the one before made of it, and commit them together.
 
-        Raises AlarmNotFound, AlarmConflict (from the action) or StoreError.
+        Raises AlarmNotFound, AlarmConflict (from an action) or StoreError.
         """
         async with self._lock:
             alarm = self.alarm_by_id(alarm_id)
@@ -383,22 +384,33 @@ class Orchestrator:
                 alarm = await self.store.read(records.get, alarm_id)
             if alarm is None:
                 raise AlarmNotFound(f"no alarm with id {alarm_id}")
-            change = action(alarm)
-            await self.store.write(records.save, [], [change])
-            if logic.is_open(alarm) or logic.is_open(change.alarm):
+            changes: list[Change] = []
+            for action in actions:
+                changes.append(action(changes[-1].alarm if changes else alarm))
+            final = changes[-1].alarm
+            await self.store.write(records.save, [], changes)
+            if logic.is_open(alarm) or logic.is_open(final):
                 working = dict(self.open)
-                self._keep(working, change.alarm)
+                self._keep(working, final)
                 self.open = working
-        await self._after([change])
-        return change.alarm
+        await self._after(changes)
+        return final
 
     def alarm_by_id(self, alarm_id: int) -> Alarm | None:
         return next((a for a in self.open.values() if a.id == alarm_id), None)
 
-    async def ack(self, alarm_id: int, by: str, note: str = "") -> Alarm:
-        """Acknowledge an alarm; a group alarm's acknowledgement covers its silent members
-        too (each gets its own audit line, by the same person)."""
-        alarm = await self.act(alarm_id, lambda a: logic.acknowledge(a, by, _now(), note))
+    async def ack(
+        self, alarm_id: int, by: str, note: str = "", verdict: str | None = None, text: str = ""
+    ) -> Alarm:
+        """Acknowledge an alarm, with the operator's verdict on it when given (committed
+        together); a group alarm's acknowledgement covers its silent members too (each
+        gets its own audit line, by the same person; the verdict stays the group's)."""
+        actions: list[Callable[[Alarm], Change]] = [
+            lambda a: logic.acknowledge(a, by, _now(), note)
+        ]
+        if verdict is not None:
+            actions.append(lambda a: logic.feedback(a, by, _now(), verdict, text))
+        alarm = await self.act(alarm_id, *actions)
         if logic.key_of(alarm)[2] == "":
             members = [
                 a
@@ -425,6 +437,9 @@ class Orchestrator:
 
     async def comment(self, alarm_id: int, by: str, text: str) -> Alarm:
         return await self.act(alarm_id, lambda a: logic.comment(a, by, _now(), text))
+
+    async def feedback(self, alarm_id: int, by: str, verdict: str, text: str = "") -> Alarm:
+        return await self.act(alarm_id, lambda a: logic.feedback(a, by, _now(), verdict, text))
 
     # -- plans -------------------------------------------------------------------------
 

@@ -339,6 +339,14 @@ class HistorySettings(Section):
     flush_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     # Hub messages waiting to be written; when full the oldest is dropped (and counted).
     queue_size: PositiveInt = 4096
+    # The telemetry historian: accepted raw records kept in the store (GET /api/telemetry,
+    # `export`, `train --from-store`), at about 0.4 KB a row.
+    telemetry_enabled: bool = True
+    # Deleted this long after they arrived, not by their own timestamp: a replayed CSV
+    # from last year must not be deleted on arrival.
+    telemetry_retention_days: PositiveFloat = 30.0
+    # Bounded disk: beyond this many rows the oldest are deleted.
+    telemetry_max_rows: PositiveInt = 5_000_000
 
 
 class OrchestratorSettings(Section):

@@ -107,8 +107,12 @@ def _v11(conn: Connection) -> None:
     tables.telemetry.create(conn)
 
 
+def _v12(conn: Connection) -> None:
+    tables.labels.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12
 ]  # fmt: skip
 
 

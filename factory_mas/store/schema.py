@@ -320,3 +320,28 @@ telemetry = sa.Table(
 )
 sa.Index("telemetry_machine_ts", telemetry.c.machine_id, telemetry.c.ts)
 sa.Index("telemetry_ts", telemetry.c.ts)
+
+
+# -- v12: labels -------------------------------------------------------------------------
+
+# What people know about the plant that telemetry does not say: maintenance, failures,
+# incidents and verdicts on alarms (factory_mas/labels). Training reads them by time and
+# machine; `machine_id` is NULL for one about the whole plant, `end` for a moment.
+labels = sa.Table(
+    "labels",
+    metadata,
+    sa.Column("id", _id(), primary_key=True),
+    sa.Column("kind", _text(20), nullable=False),
+    sa.Column("machine_id", sa.Integer),
+    sa.Column("start", sa.Float, nullable=False),
+    sa.Column("end", sa.Float),
+    sa.Column("detail", _text(100), nullable=False),
+    sa.Column("alarm_id", _id()),
+    sa.Column("source", _text(200), nullable=False),
+    sa.Column("comment", _text(2000), nullable=False),
+    sa.Column("by", _text(200), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+sa.Index("labels_start", labels.c.start)
+sa.Index("labels_machine_start", labels.c.machine_id, labels.c.start)

@@ -73,9 +73,10 @@ def _storable(text: str) -> str:
 
 
 # Keys of the advisory locks (see serialize): constants no other application on the
-# database is likely to use ("factorym" and "factoryk" in ASCII).
+# database is likely to use ("factorym", "factoryk" and "factoryt" in ASCII).
 MIGRATION_LOCK_KEY = 0x666163746F72796D
 FIRST_KEY_LOCK_KEY = 0x666163746F72796B
+TELEMETRY_PRUNE_LOCK_KEY = 0x666163746F727974
 
 
 def serialize(conn: Connection, key: int) -> None:

@@ -237,17 +237,45 @@ def from_store(
     from ..ingest.schema import parse_record
     from ..store import Store
 
+    span = f"{_when(since)}..{_when(until)}"
+    store = Store.from_settings(settings)
+    # A missing SQLite file would be created empty by connecting to it: say so instead.
+    if not settings.data.database_url and not (settings.data_dir / "factory.db").exists():
+        raise TrainingError(
+            f"no telemetry store at {settings.data_dir / 'factory.db'}: set FACTORY_DATA_DIR "
+            "to the server's data folder, or DATABASE_URL"
+        )
     gathered = _Columns(KEPT)
-    engine = sa.create_engine(Store.from_settings(settings).url)
+    read = bad = 0
+    engine = sa.create_engine(store.url)
     try:
         with engine.connect() as conn:
             for row in read_records(conn, since=since, until=until):
-                gathered.add(parse_record(row))
+                read += 1
+                try:
+                    gathered.add(parse_record(row))
+                except RecordError:  # stored by a version whose ranges were wider
+                    bad += 1
+    except sa.exc.SQLAlchemyError as exc:
+        raise TrainingError(
+            f"the telemetry store {store.safe_url} cannot be read: "
+            f"{getattr(exc, 'orig', None) or exc}"
+        ) from None
     finally:
         engine.dispose()
-    # Stored labels are not read yet (there is no labels table): a labels file gives them.
-    labels = labels or ()
-    span = f"{_when(since)}..{_when(until)}"
+    if not read:
+        raise TrainingError(
+            f"the telemetry store {store.safe_url} holds no readings {span} (by record time); "
+            "telemetry is kept while history.telemetry_enabled is on, and GET /api/telemetry "
+            "shows what is there"
+        )
+    if bad:
+        note(f"the telemetry store: skipped {bad} stored reading(s) that are no longer valid")
+    if labels is None:
+        # No labels file: the ones people logged (REST, dashboard, `labels import`).
+        from ..labels.store import labels_in
+
+        labels = labels_in(Store.from_settings(settings).url)
     return _plant_data(gathered, f"the telemetry store {span}", labels, note)
 
 

@@ -37,6 +37,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): "viewer",  # Prometheus sends a viewer key
     ("GET", "/system-state"): "viewer",
     ("POST", "/api/ingest"): "operator",
+    ("GET", "/api/labels"): "viewer",
+    ("GET", "/api/telemetry"): "viewer",
+    ("POST", "/api/labels"): "operator",
     ("GET", "/api/config"): "viewer",
     ("GET", "/api/config/changes"): "viewer",
     ("GET", "/api/config/{agent_id}"): "viewer",
@@ -81,7 +84,7 @@ EXPECTED: dict[tuple[str, str], str] = {
 PARAMS: dict[str, tuple[str, ...]] = {
     "agent_id": ("pm_agent",),
     "alarm_id": ("1",),
-    "action": ("ack", "shelve", "unshelve", "comment"),
+    "action": ("ack", "shelve", "unshelve", "comment", "feedback"),
     "name": ("latest",),
 }
 

@@ -1,7 +1,9 @@
 // Alarms page: a table of up to 1,000 alarms, newest first, updated row by row from the
-// orchestrator socket; ack / shelve / unshelve / comment actions and the audit trail.
+// orchestrator socket; ack / shelve / unshelve / comment actions, the operator's verdict
+// (confirmed / false alarm), the audit trail, and the plant's event log (labels.js).
 
 import { api } from "./api.js";
+import * as labels from "./labels.js";
 import { esc, fmtTime, toast } from "./util.js";
 
 const LIMIT = 1000;
@@ -29,6 +31,11 @@ function newer(a, b) {
 const isShelved = (a) => a.shelved_until && new Date(a.shelved_until) > new Date();
 const unacked = (a) => a.state === "ACTIVE_UNACK" || a.state === "CLEARED_UNACK";
 
+function verdictTag(a) {
+  if (!a.feedback) return "";
+  return ` <span class="verdict" data-testid="verdict" data-verdict="${esc(a.feedback)}">${esc(labels.VERDICT_TEXT[a.feedback] || a.feedback)}</span>`;
+}
+
 function rowHtml(a) {
   const where = a.machine_id != null ? `machine ${a.machine_id}` : a.camera_id || "";
   const shelved = isShelved(a);
@@ -43,12 +50,14 @@ function rowHtml(a) {
     `<td>${a.id}</td>` +
     `<td><span class="tag" data-level="${esc(a.level)}">${esc(a.level)}</span>` +
     (a.highest_level !== a.level ? ` <span class="muted small">max ${esc(a.highest_level)}</span>` : "") +
-    `</td><td>${esc(a.state)}${shelved ? ' <span class="muted small">shelved</span>' : ""}</td>` +
+    `</td><td>${esc(a.state)}${shelved ? ' <span class="muted small">shelved</span>' : ""}${verdictTag(a)}</td>` +
     `<td>${esc(a.source)}</td><td>${esc(a.type)}</td><td>${esc(where)}</td>` +
     `<td>${a.count}</td><td>${esc(fmtTime(a.last_seen))}</td>` +
     `<td class="details">${esc(a.details)}</td>` +
     `<td class="actions"><button type="button" data-action="ack">Ack</button>${shelveBtn}` +
-    `<button type="button" data-action="comment">Comment</button></td></tr>`
+    `<button type="button" data-action="comment">Comment</button>` +
+    `<span class="verdict-buttons"><button type="button" data-action="feedback" data-verdict="confirmed">Confirmed</button>` +
+    `<button type="button" data-action="feedback" data-verdict="false_alarm">False alarm</button></span></td></tr>`
   );
 }
 
@@ -105,10 +114,12 @@ async function showDetail(id) {
           `</li>`,
       )
       .join("");
+    const verdict = alarm.feedback ? `Verdict: ${verdictTag(alarm)}` : "No verdict yet.";
     pane.innerHTML =
       `<h2>Alarm ${alarm.id}: ${esc(alarm.type)}</h2><p>${esc(alarm.details)}</p>` +
       `<p class="small muted">${esc(alarm.source)} · ${esc(alarm.state)} · seen ${alarm.count}× ` +
-      `since ${esc(fmtTime(alarm.first_seen))}</p><h3>Audit trail</h3><ol class="events">${items}</ol>`;
+      `since ${esc(fmtTime(alarm.first_seen))}</p><p class="small">${verdict}</p>` +
+      `<h3>Audit trail</h3><ol class="events">${items}</ol>`;
   } catch (err) {
     pane.textContent = err.message;
   }
@@ -130,6 +141,16 @@ async function act(id, action, extra = {}) {
   }
 }
 
+/** The operator's verdict, with the feedback comment when it is for this alarm. */
+async function sendFeedback(id, verdict) {
+  const box = $("#feedback-text");
+  const comment = id === selectedId ? box.value.trim() : "";
+  if (await act(id, "feedback", { verdict, comment })) {
+    if (comment) box.value = "";
+    labels.refresh();
+  }
+}
+
 async function sendComment() {
   const text = $("#comment-text").value.trim();
   if (selectedId === null) return toast("Select an alarm first.", "error");
@@ -144,6 +165,7 @@ function onTableClick(ev) {
   const action = ev.target.closest("button[data-action]")?.dataset.action;
   if (action === "ack") act(id, "ack");
   else if (action === "unshelve") act(id, "unshelve");
+  else if (action === "feedback") sendFeedback(id, ev.target.closest("button").dataset.verdict);
   else if (action === "shelve") {
     const minutes = Number($("#shelve-duration").value) || 60;
     act(id, "shelve", { duration_s: minutes * 60 });
@@ -168,6 +190,13 @@ function wire() {
     ev.preventDefault();
     sendComment();
   });
+  $("#feedback-form").addEventListener("click", (ev) => {
+    const verdict = ev.target.closest("button[data-verdict]")?.dataset.verdict;
+    if (!verdict) return;
+    if (selectedId === null) return toast("Select an alarm first.", "error");
+    sendFeedback(selectedId, verdict);
+  });
+  labels.wire();
 }
 
 export const page = {
@@ -175,6 +204,7 @@ export const page = {
     wire();
     visible = true;
     load().catch((err) => toast(err.message, "error"));
+    labels.refresh();
   },
   leave() {
     visible = false;
