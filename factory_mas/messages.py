@@ -47,7 +47,8 @@ class TelemetryRecord(Struct, kw_only=True, gc=False):
     packet_loss_pct: Percent
     defect_rate_pct: Percent
     production_speed: Annotated[float, Meta(ge=0, le=1_000_000)]
-    maintenance_score: Annotated[float, Meta(ge=0, le=1)]
+    # A plant rarely has one: the agents do without it.
+    maintenance_score: Annotated[float, Meta(ge=0, le=1)] | None = None
     error_rate_pct: Percent
     # A record without a timestamp is stamped on arrival, as ThingsBoard does.
     timestamp: datetime | None = None
@@ -154,6 +155,9 @@ class Alarm(Struct, kw_only=True):
     # Raised while a related alarm on its machine already said it (orchestrator
     # suppress_by): the id of that alarm, which is what sounded.
     suppressed_by: int | None = None
+    # The operator's latest verdict on it (labels.model.VERDICTS): confirmed or
+    # false_alarm; each is kept as a label too (POST .../alarms/{id}/feedback).
+    feedback: str | None = None
 
 
 class AlarmEvent(Struct, kw_only=True):

@@ -43,6 +43,8 @@ FIELDS: tuple[str, ...] = TelemetryRecord.__struct_fields__
 _NUMERIC = tuple(
     f for f in FIELDS if f not in ("machine_id", "timestamp", "operation_mode", "efficiency_status")
 )
+# Fields a record may leave out (None); an empty CSV cell leaves them out too.
+_OPTIONAL = tuple(f.name for f in msgspec.structs.fields(TelemetryRecord) if not f.required)
 _CHOICES = {
     "operation_mode": get_args(OperationMode),
     "efficiency_status": get_args(EfficiencyStatus),
@@ -96,7 +98,7 @@ def parse_record(obj: Any) -> TelemetryRecord:
         raise RecordError(f"a record must be a JSON object, got {type(obj).__name__}")
     data = normalise_keys(obj)
     # CSV cells are strings and an empty optional cell means "not given".
-    for optional in ("timestamp", "efficiency_status"):
+    for optional in _OPTIONAL:
         if data.get(optional) == "":
             del data[optional]
     try:
@@ -170,7 +172,12 @@ def columns_of(records: Sequence[TelemetryRecord]) -> dict[str, np.ndarray]:
     n = len(records)
     cols: dict[str, np.ndarray] = {}
     for name in _NUMERIC:
-        cols[name] = np.fromiter((getattr(r, name) for r in records), np.float64, count=n)
+        if name in _OPTIONAL:
+            # A reading the record does not carry is NaN, as in a plant's training columns.
+            values = (math.nan if (v := getattr(r, name)) is None else v for r in records)
+        else:
+            values = (getattr(r, name) for r in records)
+        cols[name] = np.fromiter(values, np.float64, count=n)
     cols["machine_id"] = np.fromiter((r.machine_id for r in records), np.int64, count=n)
     cols["operation_mode"] = np.array([r.operation_mode for r in records], dtype=object)
     return cols

@@ -88,8 +88,8 @@ class EnergySettings(ConditionedSettings):
     deadband: Annotated[float, Meta(ge=0, le=1)] = 0.1
     on_delay_s: Seconds = 5.0
     off_delay_s: Seconds = 30.0
-    # The anomaly score is calibrated at training so that 0.5 is the cut that best separated
-    # power surges (injected anomalies, electrical faults); raise it for fewer, surer alarms.
+    # The anomaly score is calibrated at training so that 0.5 is the score the target alert
+    # rate (0.5 %) of the normal training readings reach; raise it for fewer, surer alarms.
     anomaly_score_threshold: Probability = 0.5
     # An anomaly drawing this multiple of its forecast or more is CRITICAL (else WARNING).
     critical_forecast_ratio: Annotated[float, Meta(gt=1)] = 2.0

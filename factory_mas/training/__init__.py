@@ -100,8 +100,8 @@ def train_staged(out_dir: Path, jobs: Mapping[str, Job], *, force: bool, optiona
 def _refused(entry_card: Mapping[str, Any] | None) -> bool:
     """Whether a card keeps its model out: it does not beat its baselines, unless nothing
     was learnt to compare (a card with no comparisons that says why, e.g. safety's limits
-    only, which installs no classifier). A simulator trainer that writes no card yet (pm,
-    energy) is not judged: `train` prints that it has none."""
+    only, which installs no classifier). A trainer that writes no card (a new agent's,
+    before it has one) is not judged: `train` prints that it has none."""
     if not entry_card:
         return False
     if not entry_card.get("comparisons") and entry_card.get("why"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from ..sim.synthetic import SHIFTED_PLANTS, FactorySimulator, SimParams
 from .cards import Comparison, card
 from .common import ForestFile, Simulation, is_held_out, save_models
 from .forests import compile_as
-from .plant import PlantData, PlantOptions, held_out_rows, threshold_for_rate
+from .plant import PlantData, PlantOptions, held_out_rows, threshold_for_rate, utc_ms
 
 # One record per machine per minute, as the dataset and the replay send them: the deltas
 # the model learns are changes over one minute.
@@ -318,15 +317,10 @@ def attack_rows(data: PlantData) -> np.ndarray:
     for label in data.labelled("incident"):
         if label.detail != "CYBER_ATTACK":
             continue
-        start, end = (_utc_ms(t) for t in (label.start, label.end or label.start))
+        start, end = (utc_ms(t) for t in (label.start, label.end or label.start))
         inside = (times >= start) & (times <= end)
         mask |= inside if label.machine_id is None else inside & (ids == label.machine_id)
     return mask
-
-
-def _utc_ms(t: datetime) -> np.datetime64:
-    naive = t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
-    return np.datetime64(naive, "ms")
 
 
 def train_cyber_plant(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -45,6 +46,13 @@ class PlantOptions:
     # The share of normal records allowed to raise an anomaly alert.
     target_alert_rate: float = 0.005
     held_out_share: float = 0.2
+
+
+def utc_ms(t: datetime) -> np.datetime64:
+    """A label's time as the "timestamp" column holds it (UTC milliseconds); a naive time
+    is read as UTC, as the readings' are."""
+    naive = t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+    return np.datetime64(naive, "ms")
 
 
 def held_out_rows(data: PlantData, share: float) -> tuple[np.ndarray, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from ..sim.synthetic import DEFAULT_PARAMS, SHIFTED_PLANTS, FactorySimulator, Si
 from .cards import Comparison, card
 from .common import ForestFile, Simulation, held_out_from, is_held_out, save_models
 from .forests import compile_as
-from .plant import PlantData, PlantOptions, held_out_rows
+from .plant import PlantData, PlantOptions, held_out_rows, utc_ms
 
 # "A hazard is likelier than not": the default warning cut, where alerts start.
 ALERT_SCORE = 0.5
@@ -281,11 +280,6 @@ def train_safety(
     )
 
 
-def _utc_ms(t: datetime) -> np.datetime64:
-    naive = t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
-    return np.datetime64(naive, "ms")
-
-
 def incident_classes(data: PlantData) -> np.ndarray:
     """Each row's hazard from the incident labels: NONE outside every incident."""
     y = np.full(len(data), "NONE", dtype="<U17")
@@ -294,7 +288,7 @@ def incident_classes(data: PlantData) -> np.ndarray:
     for label in data.labelled("incident"):
         if label.detail not in HAZARDS or label.machine_id is None:
             continue
-        start, end = (_utc_ms(t) for t in (label.start, label.end or label.start))
+        start, end = (utc_ms(t) for t in (label.start, label.end or label.start))
         y[(ids == label.machine_id) & (times >= start) & (times <= end)] = label.detail
     return y
 

@@ -21,10 +21,11 @@ import pytest
 
 from factory_mas.agents.checkpoint import Checkpoint
 from factory_mas.agents.energy.agent import EnergyAgent
+from factory_mas.agents.energy.model import MODE_CODE
 from factory_mas.levels import RANK
 from factory_mas.settings import AgentSettings, Settings
 from factory_mas.sim.synthetic import FactorySimulator, Frame
-from tests.support.agent_contract import AgentContract, validated
+from tests.support.agent_contract import AgentContract, interleave, validated
 from tests.support.app import running_app
 from tests.support.hub import drain
 from tests.support.paths import REPO
@@ -157,6 +158,39 @@ class TestEnergyAgent(AgentContract):
             predictions = await agent.process(validated(power_records(2, 1)))
             assert len(predictions) == 2
             assert len(agent.memory[1].window) == 2
+
+    async def test_a_big_and_a_small_machine_are_judged_against_their_own_normal(self, agent):
+        def steady(machine_id: int, kw: float, n: int, first_minute: int = 0) -> list[dict]:
+            return [
+                record(machine_id, timestamp=stamp(first_minute + i),
+                       power_consumption_kw=kw * (1 + 0.01 * ((i % 5) - 2)),
+                       production_speed=300.0 + 4.0 * (i % 3))
+                for i in range(n)
+            ]  # fmt: skip
+
+        big, small = steady(21, 30.0, 60), steady(22, 0.8, 60)
+        calm = await agent.process(validated(interleave(big, small)))
+        # Neither is in alarm for being five times the plant's usual draw, or a seventh.
+        assert not any(p.result["is_anomaly"] for p in calm)
+        for p in calm[-10:]:
+            assert abs(p.result["forecast_kw"] - p.result["consumption_kw"]) < (
+                0.05 * p.result["consumption_kw"]
+            ), p.result
+        # A surge of half its normal draw on the 0.8 kW pump is a third of a kW: caught.
+        surge = [{**r, "power_consumption_kw": 1.2} for r in steady(22, 0.8, 4, 60)]
+        flagged = await agent.process(validated(surge))
+        assert any(p.result["is_anomaly"] for p in flagged)
+
+    async def test_each_machines_normal_survives_a_model_reload(self, agent):
+        records = power_records(50, 23, power_kw=30.0)
+        await agent.process(validated(records[:30]))
+        active = MODE_CODE["Active"]
+        learnt = agent.live_normals()[active].known[23].n
+        await agent.reload()
+        after = await agent.process(validated(records[30:]))
+        assert agent.live_normals()[active].known[23].n == learnt + 20
+        assert not any(p.result["is_anomaly"] for p in after)
+        assert all(abs(p.result["forecast_kw"] - 30.0) < 1.5 for p in after)
 
     # -- through the app --------------------------------------------------------------
 

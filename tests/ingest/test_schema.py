@@ -6,10 +6,11 @@ import math
 from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
+import numpy as np
 import pytest
 
 from factory_mas.errors import FactoryError, RecordError
-from factory_mas.ingest.schema import CSV_HEADERS, parse_many, parse_record
+from factory_mas.ingest.schema import CSV_HEADERS, columns_of, parse_many, parse_record
 from factory_mas.messages import Rejection, TelemetryRecord
 
 # One row as the Kaggle CSV reader yields it: header names, every cell a string.
@@ -71,7 +72,6 @@ REQUIRED = [
     "packet_loss_pct",
     "defect_rate_pct",
     "production_speed",
-    "maintenance_score",
     "error_rate_pct",
 ]
 
@@ -276,6 +276,19 @@ def test_missing_required_field(field: str) -> None:
     err = rejected(record)
     assert err.field == field
     assert "missing" in err.reason
+
+
+@pytest.mark.parametrize("given", ["left out", None, ""])
+def test_maintenance_score_is_optional_and_nan_in_the_columns(given) -> None:
+    record = dict(SNAKE)
+    if given == "left out":
+        del record["maintenance_score"]
+    else:
+        record["maintenance_score"] = given
+    parsed = parse_record(record)
+    assert parsed.maintenance_score is None
+    scores = columns_of([parsed, parse_record(SNAKE)])["maintenance_score"]
+    assert np.isnan(scores[0]) and scores[1] == 0.5
 
 
 def test_missing_required_field_in_a_csv_row() -> None:

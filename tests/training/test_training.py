@@ -17,10 +17,10 @@ from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomFore
 
 from factory_mas.agents.cyber.model import FEATURES as CYBER_FEATURES
 from factory_mas.agents.cyber.model import CyberModel
-from factory_mas.agents.pm.model import AGENT_ID, FEATURES, RUL_CAP_HOURS, PmModel, features
+from factory_mas.agents.pm.model import AGENT_ID, FEATURES, PmModel, features, readings
 from factory_mas.errors import ArtifactError
 from factory_mas.ml.artifacts import MANIFEST, sha256_file
-from factory_mas.ml.forest import ForestIsolation, read_forest
+from factory_mas.ml.forest import ForestClassifier, ForestIsolation, ForestRegressor, read_forest
 from factory_mas.sim.synthetic import FactorySimulator
 from factory_mas.training.pm import train_pm
 from factory_mas.training.upgrade import upgrade
@@ -29,7 +29,7 @@ from factory_mas.training.upgrade import upgrade
 # integration layer.
 pytestmark = pytest.mark.integration
 
-SMALL = {"ticks": 600, "max_train_rows": 8000}
+SMALL = {"ticks": 600, "max_train_rows": 8000, "shifted_machines": 20, "shifted_ticks": 600}
 METRICS = {
     "failure_roc_auc",
     "failure_average_precision",
@@ -39,6 +39,8 @@ METRICS = {
     "train_rows",
     "test_rows",
     "test_positive_rate",
+    "new_machines",
+    "hot",
 }
 # Another agent's entry, as a later trainer writes it; retraining pm must not lose it.
 OTHER_ENTRY = {
@@ -115,7 +117,7 @@ def test_the_trained_model_loads_and_predicts(trained):
     model = PmModel.load(models_dir)
     assert model.version == manifest_of(models_dir)["models"][AGENT_ID]["version"]
     cols = FactorySimulator(seed=5, machines=10, step_minutes=5).run(20).columns
-    probability, rul = model.predict(features(cols))
+    probability, rul, _ = model.assess(cols, model.fresh_normals())
     assert probability.shape == rul.shape == (200,)
     assert ((probability >= 0) & (probability <= 1)).all()
     assert (rul >= 0).all()
@@ -135,7 +137,8 @@ def test_a_different_seed_gives_a_different_model(trained, tmp_path):
 def _pickled_folder(folder: Path, sklearn_version: str = sklearn.__version__) -> dict:
     """A models folder as releases before the compiled forests wrote it: joblib pickles
     (cyber's a bundle of forest and calibration) and entries demanding scikit-learn."""
-    x = features(FactorySimulator(seed=5, machines=10, step_minutes=5).run(100).columns)
+    cols = FactorySimulator(seed=5, machines=10, step_minutes=5).run(100).columns
+    x = features(readings(cols), cols["operation_mode"])
     fitted = {
         "pm_classifier": RandomForestClassifier(n_estimators=5, max_depth=6, random_state=0).fit(
             x, (x[:, 0] > np.median(x[:, 0])).astype(int)
@@ -199,9 +202,14 @@ def test_a_folder_of_pickles_is_upgraded_to_the_same_models(tmp_path):
         assert "libraries" not in entry
         assert {meta["path"][-4:] for meta in entry["files"].values()} == {".npz"}
     x = old["x"]
-    probability, rul = PmModel.load(tmp_path).predict(x)
-    assert np.array_equal(probability, old["pm_classifier"].predict_proba(x)[:, 1])
-    assert np.array_equal(rul, np.clip(old["pm_regressor"].predict(x), 0, RUL_CAP_HOURS))
+    # The forests are converted as they were; serving them needs the per-machine normals
+    # today's pm model saves beside them, so it asks for a retrain.
+    classifier, _ = read_forest(tmp_path / "pm_classifier.npz", ForestClassifier)
+    regressor, _ = read_forest(tmp_path / "pm_regressor.npz", ForestRegressor)
+    assert np.array_equal(classifier.predict_proba(x), old["pm_classifier"].predict_proba(x))
+    assert np.array_equal(regressor.predict(x), old["pm_regressor"].predict(x))
+    with pytest.raises(ArtifactError, match="factory_mas train"):
+        PmModel.load(tmp_path)
     # The forest and its calibration are converted as they were; serving it needs the
     # per-channel normals today's cyber model saves beside them, so it asks for a retrain.
     bundle = old["cyber_model"]

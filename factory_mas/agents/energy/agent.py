@@ -1,19 +1,21 @@
 """energy_agent: what each reading should have drawn, whether it is anomalous, and what to do.
 
-Each machine's memory is its last `window` readings (the forecaster's input) and its
-baseline per operation mode. A record is judged against the memory as it stood before the
-record, then joins it, so `forecast_kw` is what was expected for that very reading.
+Each machine's memory is its last `window` readings (the forecaster's input), taken in the
+units of its own normal as they arrived, and its learned normal per operation mode (kept
+across a model reload and in the checkpoint, since a machine's draw does not change with
+the model). A record is judged against the memory as it stood before the record, then
+joins it, so `forecast_kw` is what was expected for that very reading.
 
 A machine with fewer than `window` readings is forecast from what there is: the forecaster
 was trained with histories cut short (down to none, where it answers from the mode and
-speed alone), which beats switching to a different rule during the first minutes. A mode
-seen for the first time has no baseline yet; the forecast stands in for it.
+speed alone). A mode the machine has not shown has no baseline yet; the forecast stands in
+for it, and a mode's first `WARMUP` readings teach its normal without alarming.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,38 +27,37 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ...messages import Alert, OperationMode, Prediction, TelemetryRecord
+from ...ml.normal import Normal, Normals
 from ...settings import EnergySettings
 from ..base import AgentContext, BaseAgent
 from . import logic
-from .model import AGENT_ID, EMPTY, MODE_CODE, MODES, EnergyModel, next_baseline
+from .model import AGENT_ID, EMPTY, MODE_CODE, MODES, EnergyModel, readings, track
 from .result import EnergyResult
 
 log = logging.getLogger(__name__)
 
-_ACTIVE = MODE_CODE["Active"]
-# (power kW, mode code, production speed): one reading in a machine's window.
-Reading = tuple[float, int, float]
+# (power z, mode code, speed z): one reading in a machine's window.
+Step = tuple[float, int, float]
 
 
 class MachineState(msgspec.Struct):
-    # Oldest first: [power_kw, operation_mode, production_speed].
-    window: list[tuple[float, OperationMode, float]]
-    baseline_kw: dict[OperationMode, float]
+    # Oldest first: [power z, operation_mode, speed z] against the machine's normal.
+    steps: list[tuple[float, OperationMode, float]]
 
 
 class EnergyState(msgspec.Struct):
     machines: dict[int, MachineState] = msgspec.field(default_factory=dict)
+    # Per mode (MODES order), each machine's learned normal.
+    normals: list[list[tuple[int, Normal]]] = msgspec.field(default_factory=list)
 
 
 @dataclass
 class _Memory:
-    window: deque[Reading]
-    # Per mode code; NaN until the machine has shown the mode.
-    baseline_kw: list[float]
+    window: deque[Step]
 
     def copy(self, window: int) -> _Memory:
         """A copy to change, holding at most `window` readings (a reload may change it)."""
-        return _Memory(deque(self.window, maxlen=window), list(self.baseline_kw))
+        return _Memory(deque(self.window, maxlen=window))
 
 
 class EnergyAgent(BaseAgent):
@@ -69,6 +70,16 @@ class EnergyAgent(BaseAgent):
     def __init__(self, settings: EnergySettings, ctx: AgentContext) -> None:
         super().__init__(settings, ctx)
         self.memory: dict[int, _Memory] = {}
+        self.normals: list[Normals] | None = None
+        self._saved_normals: list[list[tuple[int, Normal]]] = []
+
+    def live_normals(self) -> list[Normals]:
+        if self.normals is None:
+            self.normals = self.model.fresh_normals()
+            for normals, saved in zip(self.normals, self._saved_normals, strict=False):
+                if saved:
+                    normals.restore(saved)
+        return self.normals
 
     def load(self) -> EnergyModel:
         return EnergyModel.load(self.ctx.models_dir)
@@ -76,60 +87,57 @@ class EnergyAgent(BaseAgent):
     def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
         model, t = self.model, self.settings
         window, n = model.window, len(records)
-        mode = np.array([MODE_CODE[r.operation_mode] for r in records], np.int64)
+        mode, speed = readings(
+            np.array([MODE_CODE[r.operation_mode] for r in records], np.int64),
+            np.array([r.production_speed for r in records]),
+            model.scaling,
+        )
         power = np.array([r.power_consumption_kw for r in records])
-        speed = np.array([r.production_speed for r in records])
+        machines = [r.machine_id for r in records]
+        # The normals are changed in place only once the models have answered: a failed
+        # batch leaves them, like the windows, as they were.
+        live = self.live_normals()
+        normals = [_scratch(modal, set(machines)) for modal in live]
+        tracked = track(normals, machines, mode, power, speed)
         history = np.empty((n, window, 3))
-        baseline = np.empty(n)
-        active_baseline = np.empty(n)
         rows_of: dict[int, list[int]] = {}
-        for i, r in enumerate(records):
-            rows_of.setdefault(r.machine_id, []).append(i)
+        for i, machine in enumerate(machines):
+            rows_of.setdefault(machine, []).append(i)
         # Machine by machine, each machine's records in arrival order, so its second record
         # in a batch sees its first, exactly as when records come one at a time. Windows
         # are cut from one array per machine instead of being copied record by record.
-        # The memory is committed only once the models have answered: a failed batch
-        # leaves it as it was.
         touched: dict[int, _Memory] = {}
         for machine_id, rows in rows_of.items():
             known = self.memory.get(machine_id)
-            memory = (
-                known.copy(window)
-                if known is not None
-                else _Memory(deque(maxlen=window), [math.nan] * len(MODES))
-            )
+            memory = known.copy(window) if known is not None else _Memory(deque(maxlen=window))
             touched[machine_id] = memory
-            new = [(float(power[i]), int(mode[i]), float(speed[i])) for i in rows]
+            new: list[Step] = [
+                (float(z), int(code), float(zs)) for z, code, zs in tracked.steps[rows].tolist()
+            ]
             pad = [(0.0, EMPTY, 0.0)] * (window - len(memory.window))
             steps = np.array(pad + list(memory.window) + new, np.float64)
             history[rows] = sliding_window_view(steps, (window, 3))[: len(rows), 0]
             memory.window.extend(new)
-            for i, (reading, code, _) in zip(rows, new, strict=True):
-                before = memory.baseline_kw[code]
-                baseline[i] = before
-                active_baseline[i] = memory.baseline_kw[_ACTIVE]
-                memory.baseline_kw[code] = (
-                    reading if math.isnan(before) else next_baseline(before, reading, model.scaling)
-                )
 
-        forecast = model.forecast(history, mode, speed)
-        baseline = np.where(np.isnan(baseline), forecast, baseline)
-        scores = model.anomaly_score(power, forecast, baseline)
+        judged = model.judge(history, tracked, mode, power)
+        baseline = np.where(np.isnan(judged.baseline_kw), judged.forecast_kw, judged.baseline_kw)
         self.memory.update(touched)
+        for modal, learnt in zip(live, normals, strict=True):
+            modal.known.update(learnt.known)
 
         now = datetime.now(UTC)
         out: list[Prediction] = []
-        readings = zip(
+        judged_rows = zip(
             records,
             power.tolist(),
-            forecast.tolist(),
+            judged.forecast_kw.tolist(),
             baseline.tolist(),
-            active_baseline.tolist(),
-            scores.tolist(),
+            judged.active_baseline_kw.tolist(),
+            judged.score.tolist(),
             strict=True,
         )
         conditioner = self.conditioner
-        for r, consumption, expected, usual, active, raw in readings:
+        for r, consumption, expected, usual, active, raw in judged_rows:
             units = logic.units_per_kwh(r.production_speed, r.defect_rate_pct, consumption)
             score = conditioner.smooth(r.machine_id, "anomaly", raw, t.smoothing_records)
             j = logic.Judged(
@@ -178,17 +186,13 @@ class EnergyAgent(BaseAgent):
 
     def export_state(self) -> Any:
         machines = {
-            machine_id: MachineState(
-                window=[(p, MODES[code], s) for p, code, s in memory.window],
-                baseline_kw={
-                    MODES[code]: kw
-                    for code, kw in enumerate(memory.baseline_kw)
-                    if not math.isnan(kw)
-                },
-            )
+            machine_id: MachineState(steps=[(z, MODES[code], zs) for z, code, zs in memory.window])
             for machine_id, memory in self.memory.items()
         }
-        return msgspec.to_builtins(EnergyState(machines))
+        normals = (
+            [n.state() for n in self.normals] if self.normals is not None else self._saved_normals
+        )
+        return msgspec.to_builtins(EnergyState(machines, normals))
 
     def import_state(self, state: Any) -> None:
         try:
@@ -199,9 +203,21 @@ class EnergyAgent(BaseAgent):
         self.memory = {
             machine_id: _Memory(
                 deque(
-                    ((p, MODE_CODE[m], s) for p, m, s in machine.window), maxlen=self.model.window
-                ),
-                [machine.baseline_kw.get(mode, math.nan) for mode in MODES],
+                    ((z, MODE_CODE[m], zs) for z, m, zs in machine.steps), maxlen=self.model.window
+                )
             )
             for machine_id, machine in restored.machines.items()
         }
+        self._saved_normals = restored.normals
+        self.normals = None
+
+
+def _scratch(live: Normals, machines: set[int]) -> Normals:
+    """`live` holding copies of these machines' normals only, to learn a batch in."""
+    scratch = copy.copy(live)
+    scratch.known = {
+        m: Normal(list(known.loc), list(known.spread), known.n)
+        for m in machines
+        if (known := live.known.get(m)) is not None
+    }
+    return scratch

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
 
 from ...ingest.schema import columns_of
 from ...messages import Alert, Prediction, TelemetryRecord
+from ...ml.normal import Normal, Normals
 from ...settings import PmSettings
-from ..base import BaseAgent
+from ..base import AgentContext, BaseAgent
 from . import logic
-from .model import AGENT_ID, PmModel, features
+from .model import AGENT_ID, PmModel
 from .result import PmResult
+
+log = logging.getLogger(__name__)
+# A checkpoint's normals: ((machine id, mode code), normal) pairs.
+SavedNormals = list[tuple[tuple[int, int], Normal]]
 
 
 class PmAgent(BaseAgent):
@@ -21,11 +30,34 @@ class PmAgent(BaseAgent):
 
     model: PmModel
 
+    def __init__(self, settings: PmSettings, ctx: AgentContext) -> None:
+        super().__init__(settings, ctx)
+        # Each machine's healthy normal as served, started from the model's.
+        self.normals: Normals | None = None
+        self._normals_version = ""
+        self._saved_normals: SavedNormals = []
+
+    def live_normals(self) -> Normals:
+        """The normals to score with: after a restart, the checkpoint's over the model's;
+        after a reload, the new model's (a plant's model learnt them from the machines'
+        history) and, for machines it does not know, those learnt while serving."""
+        if self.normals is None:
+            self.normals = self.model.fresh_normals()
+            if self._saved_normals:
+                self.normals.restore(self._saved_normals)
+        elif self._normals_version != self.model.version:
+            served = self.normals.known
+            self.normals = self.model.fresh_normals()
+            for key, normal in served.items():
+                self.normals.known.setdefault(key, normal)
+        self._normals_version = self.model.version
+        return self.normals
+
     def load(self) -> PmModel:
         return PmModel.load(self.ctx.models_dir)
 
     def score(self, records: Sequence[TelemetryRecord]) -> list[Prediction]:
-        probabilities, ruls = self.model.predict(features(columns_of(records)))
+        probabilities, ruls, _ = self.model.assess(columns_of(records), self.live_normals())
         t, memory = self.settings, self.conditioner
         now = datetime.now(UTC)
         out = []
@@ -60,6 +92,19 @@ class PmAgent(BaseAgent):
                 )
             )
         return out
+
+    def export_state(self) -> Any:
+        """Each machine's learned normal, so a restart does not start it from the prior."""
+        normals = self.normals.state() if self.normals is not None else self._saved_normals
+        return msgspec.to_builtins(normals)
+
+    def import_state(self, state: Any) -> None:
+        try:
+            self._saved_normals = msgspec.convert(state or [], SavedNormals)
+        except msgspec.ValidationError as exc:
+            log.error("%s: saved normals unreadable, starting from the model's: %s", AGENT_ID, exc)
+            self._saved_normals = []
+        self.normals = None
 
     def make_alert(self, prediction: Prediction) -> Alert:
         r = prediction.result

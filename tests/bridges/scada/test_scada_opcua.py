@@ -154,8 +154,11 @@ async def test_threshold_write_is_used_by_the_agent(settings: Settings) -> None:
     s = opcua_settings(settings, writes_enabled=True)
     admin = await add_key(s, "scada-admin", "admin")
     degraded = record(1, temperature_c=80, vibration_hz=3.5, maintenance_score=0.7)
+    # pm judges a machine against its own normal and trends its RUL over records: a
+    # machine it knows (its normal warmed up on healthy records), then long worn.
+    worn = [record(1)] * 30 + [degraded] * 400
     async with running_app(s) as (c, http), logged_in(s, admin) as client:
-        before = (await http.post("/api/pm/predict", json=degraded)).json()
+        before = (await http.post("/api/pm/predict", json=worn)).json()["predictions"][-1]
         rul = before["result"]["rul_hours"]
         assert rul + 4 < s.agents.pm.rul_caution_hours, "the record must sit below CAUTION"
         assert before["level"] != "CRITICAL"
