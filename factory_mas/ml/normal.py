@@ -244,3 +244,16 @@ class Normals:
             key: Hashable = ints[0] if len(ints) == 1 else ints
             normals.known[key] = Normal(loc.tolist(), spread.tolist(), int(n))
         return normals
+
+
+def prior_only(arrays: Mapping[str, np.ndarray], prefix: str = "normal") -> dict[str, np.ndarray]:
+    """Saved normals (`Normals.arrays()`) without any key's own: the plant-wide prior
+    alone. A model trained on the simulator ships so, since a simulated machine's id means
+    nothing in a plant: carried over, machine 7's normal would judge the plant's machine 7
+    (or the demo's, drawn with another seed) against another machine's levels."""
+    out = dict(arrays)
+    for name in ("keys", "loc", "spread"):
+        a = np.asarray(arrays[f"{prefix}_{name}"])
+        out[f"{prefix}_{name}"] = a[:0]
+    out[f"{prefix}_count"] = np.asarray(arrays[f"{prefix}_count"])[:0]
+    return out

@@ -49,7 +49,7 @@ from ..agents.pm.model import (
 from ..agents.safety.model import normal_keys
 from ..errors import TrainingError
 from ..ml.forest import ForestClassifier, ForestRegressor
-from ..ml.normal import Normals
+from ..ml.normal import Normals, prior_only
 from ..sim.synthetic import DEFAULT_PARAMS, SHIFTED_PLANTS, FactorySimulator, SimParams
 from .cards import Comparison, card
 from .common import ForestFile, Simulation, held_out_from, is_held_out, save_models
@@ -210,10 +210,8 @@ def _model(fitted: Fitted, normals: Normals, machines: bool = True) -> PmModel:
     """The model with a copy of `normals`; with `machines` False the plant-wide prior
     alone, as a new machine starts from it (and a simulated machine's id means nothing in
     a plant)."""
-    saved = Normals.from_arrays(CHANNELS, normals.arrays())
-    if not machines:
-        saved.known.clear()
-    return PmModel(fitted.classifier, fitted.regressor, saved.arrays(), "")
+    saved = normals.arrays() if machines else prior_only(normals.arrays())
+    return PmModel(fitted.classifier, fitted.regressor, saved, "")
 
 
 def _compare(

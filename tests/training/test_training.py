@@ -40,6 +40,7 @@ METRICS = {
     "test_rows",
     "test_positive_rate",
     "new_machines",
+    "with_maintenance_score",
     "hot",
 }
 # Another agent's entry, as a later trainer writes it; retraining pm must not lose it.

@@ -79,6 +79,10 @@ def _rounds(keys: Sequence[tuple[int, int]]) -> np.ndarray:
     return out
 
 
+# How much wider than its learnt spread a normal still warming up is taken to be.
+WARMUP_WIDENING = 2.0
+
+
 class SafetyModel:
     def __init__(self, classifier: ForestClassifier | None, normals: Normals, version: str) -> None:
         if classifier is not None:
@@ -133,6 +137,12 @@ class SafetyModel:
             rows = np.flatnonzero(rounds == r)
             these = [keys[i] for i in rows.tolist()]
             z = self.normals.zscores(these, x[rows], learn=False)
+            # A machine (or a mode of it) still learning its normal is judged against a
+            # rough one, the plant's prior at first: its distances count for less until it
+            # is warmed up, so a machine that simply runs hot raises nothing on arrival
+            # while a fire, tens of spreads out, still does.
+            learning = np.asarray([not self.normals.warmed(k) for k in these], bool)
+            z[learning] /= WARMUP_WIDENING
             p = self.predict(features(z, mode[rows]))
             probabilities[rows] = p
             for i, key, p_none in zip(rows.tolist(), these, p[:, 0].tolist(), strict=True):
