@@ -38,7 +38,7 @@ from ..hub import Hub, Message, Overflow, Subscription, SubscriptionClosed, matc
 from ..messages import TelemetryRecord
 from ..store import Store, checkpoints, put_checkpoint, serialize, telemetry
 from ..store.transaction import TELEMETRY_PRUNE_LOCK_KEY
-from ..tasks import cancel
+from ..tasks import cancel, retry_every
 from ..times import epoch
 from ..topics import TELEMETRY_FILTER
 
@@ -164,7 +164,6 @@ class TelemetryHistorian:
         self.last_prune_at: float | None = None
         self.last_error: str | None = None
         self._failing = False
-        self._prune_failing = False
 
     @property
     def checkpoint_name(self) -> str:
@@ -194,7 +193,12 @@ class TelemetryHistorian:
         self._behind = True
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="telemetry-history:write"),
-            asyncio.create_task(self._prune_loop(), name="telemetry-history:prune"),
+            asyncio.create_task(
+                retry_every(
+                    self.prune_interval_s, self.prune, log, "telemetry history: old rows not pruned"
+                ),
+                name="telemetry-history:prune",
+            ),
         ]
         return self
 
@@ -346,18 +350,6 @@ class TelemetryHistorian:
             log.error("telemetry history: %s: %s", what, exc)
 
     # -- retention -------------------------------------------------------------------------
-
-    async def _prune_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.prune_interval_s)
-            try:
-                await self.prune()
-            except (StoreError, RuntimeError) as exc:
-                if not self._prune_failing:
-                    self._prune_failing = True
-                    log.error("telemetry history: old telemetry not pruned, retrying: %s", exc)
-            else:
-                self._prune_failing = False
 
     async def prune(self) -> int:
         """Delete rows that arrived more than the retention ago and the oldest beyond

@@ -33,7 +33,7 @@ from ..errors import StoreError
 from ..hub import Hub, Message, Overflow, Subscription, SubscriptionClosed
 from ..messages import Prediction
 from ..store import Store, predictions
-from ..tasks import cancel
+from ..tasks import cancel, retry_every
 from ..times import epoch
 from ..topics import PREDICTIONS_TREE
 
@@ -158,7 +158,6 @@ class HistoryWriter:
         self.last_prune_at: float | None = None
         self.last_error: str | None = None
         self._failing = False
-        self._prune_failing = False
 
     async def __aenter__(self) -> HistoryWriter:
         await self._load_marks()
@@ -167,7 +166,12 @@ class HistoryWriter:
         )
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="history:write"),
-            asyncio.create_task(self._prune_loop(), name="history:prune"),
+            asyncio.create_task(
+                retry_every(
+                    self.prune_interval_s, self.prune, log, "history: old predictions not pruned"
+                ),
+                name="history:prune",
+            ),
         ]
         return self
 
@@ -303,18 +307,6 @@ class HistoryWriter:
             # so counted as written now.
             self._marks.append((self._clock(), self._last_seq))
             self._marks_dirty = True
-
-    async def _prune_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.prune_interval_s)
-            try:
-                await self.prune()
-            except (StoreError, RuntimeError) as exc:
-                if not self._prune_failing:
-                    self._prune_failing = True
-                    log.error("history: old predictions not pruned, retrying: %s", exc)
-            else:
-                self._prune_failing = False
 
     async def prune(self) -> int:
         """Delete rows written more than retention_days ago; returns how many."""
