@@ -134,6 +134,11 @@ class BaseAgent(abc.ABC):
     def make_alert(self, prediction: Prediction) -> Alert:
         """The alert for a prediction whose level change is news."""
 
+    def urgent(self, prediction: Prediction) -> bool:
+        """Whether a prediction in the alarm band is told at once, whatever the on-delay
+        (safety: a physical limit exceeded)."""
+        return False
+
     # -- life cycle --------------------------------------------------------------------
 
     def return_to_normal(self, prediction: Prediction) -> Alert:
@@ -410,7 +415,11 @@ class BaseAgent(abc.ABC):
             elif gate.reported == p.level and gate.rising_since is gate.normal_since is None:
                 continue  # most predictions: the level told is the level seen, no news
             alert = self.make_alert(p) if RANK[p.level] >= RANK[s.alert_min_level] else None
-            told = gate_prediction(gate, p, alert.type if alert is not None else "", s)
+            told = (
+                gate_prediction(gate, p, alert.type, s, self.urgent(p))
+                if alert is not None
+                else gate_prediction(gate, p, "", s)
+            )
             if told == "alert" and alert is not None:
                 alert.timestamp = p.record_ts
                 alerts.append(alert)

@@ -154,11 +154,13 @@ def gate_step(
     on_delay_s: float,
     off_delay_s: float,
     immediate: Level,
+    urgent: bool = False,
 ) -> Told | None:
     """One conditioned prediction through the gate (changed in place).
 
     "alert": tell the orchestrator about `level` now (it entered the alarm band, or got
-    worse in it, and has held for the on-delay; levels from `immediate` up skip it).
+    worse in it, and has held for the on-delay; levels from `immediate` up, and an
+    `urgent` prediction, skip it).
     "normal": tell it the subject is back to normal (NORMAL held for the off-delay).
     None: nothing is news. A level that eases off but stays above NORMAL keeps the alarm:
     ISA-18.2 clears an alarm on return to normal, not on a lesser abnormality.
@@ -169,7 +171,7 @@ def gate_step(
         gate.normal_since = None
         if gate.rising_since is None or at < gate.rising_since:
             gate.rising_since = at
-        if rank >= RANK[immediate] or at - gate.rising_since >= on_delay_s:
+        if urgent or rank >= RANK[immediate] or at - gate.rising_since >= on_delay_s:
             gate.reported, gate.rising_since = level, None
             return "alert"
         return None
@@ -185,13 +187,18 @@ def gate_step(
     return None
 
 
-def gate_prediction(gate: Gate, p: Prediction, alert_type: str, s: AgentSettings) -> Told | None:
+def gate_prediction(
+    gate: Gate, p: Prediction, alert_type: str, s: AgentSettings, urgent: bool = False
+) -> Told | None:
     """One prediction through its subject's gate with the agent's settings: the on-delay
-    of the alert type it would raise, the off-delay of the type last told."""
+    of the alert type it would raise (none when `urgent`), the off-delay of the type last
+    told."""
     on_s = s.delays_for(alert_type)[0]
     off_s = s.delays_for(gate.reported_type)[1]
     at = p.record_ts.timestamp()
-    told = gate_step(gate, p.level, at, s.alert_min_level, on_s, off_s, s.on_delay_skip_level)
+    told = gate_step(
+        gate, p.level, at, s.alert_min_level, on_s, off_s, s.on_delay_skip_level, urgent
+    )
     if told == "alert":
         gate.reported_type = alert_type
     return told

@@ -165,9 +165,12 @@ class MachineLimits(Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
 
 
 class SafetySettings(ConditionedSettings):
-    # Hazards alarm on their first record (no smoothing, no on-delay); they clear only
+    # A physical limit exceeded or a hazard from hazard_score_emergency up alarms at its
+    # first reading; a lesser hazard once the next reading confirms it (an on-delay of a
+    # second is the next reading at any sampling rate). No smoothing; hazards clear only
     # after ten quiet seconds.
     deadband: Annotated[float, Meta(ge=0, le=1)] = 0.1
+    on_delay_s: Seconds = 1.0
     off_delay_s: Seconds = 10.0
     # hazard_score = 1 - P(no hazard). From 0.5 a hazard is likelier than not: alert.
     hazard_score_caution: Probability = 0.3

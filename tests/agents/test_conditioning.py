@@ -166,6 +166,20 @@ def test_emergency_skips_the_on_delay():
     assert run([("CRITICAL", 0)], on=60.0, immediate="CRITICAL") == [("alert", 0, "CRITICAL")]
 
 
+def test_an_urgent_prediction_skips_the_on_delay_and_a_lone_reading_does_not_sound():
+    gate = Gate()
+    # A lone CRITICAL reading under a one-second on-delay is not told; the next reading,
+    # back to NORMAL, leaves nothing to clear.
+    assert gate_step(gate, "CRITICAL", 0.0, "WARNING", 1.0, 10.0, "EMERGENCY") is None
+    assert gate_step(gate, "NORMAL", 1.0, "WARNING", 1.0, 10.0, "EMERGENCY") is None
+    # The same reading, urgent (safety: a physical limit exceeded), is told at once.
+    urgent = gate_step(gate, "CRITICAL", 5.0, "WARNING", 1.0, 10.0, "EMERGENCY", urgent=True)
+    assert urgent == "alert" and gate.reported == "CRITICAL"
+    # A confirmed lesser one is told at the next reading.
+    confirmed = run([("WARNING", 0.0), ("WARNING", 1.0)], on=1.0)
+    assert confirmed == [("alert", 1.0, "WARNING")]
+
+
 def test_off_delay_rides_out_a_short_return_to_normal():
     levels = [("WARNING", 0), ("NORMAL", 1), ("NORMAL", 5), ("WARNING", 6)]
     levels += [("NORMAL", t) for t in range(7, 20)]

@@ -73,6 +73,13 @@ class SafetyAgent(BaseAgent):
         if self.model is not None and state is not None:
             self.model.normals.restore(state)
 
+    def urgent(self, prediction: Prediction) -> bool:
+        """A physical limit exceeded, or a hazard from the emergency score up, is told at
+        its first reading; a lesser one when the on-delay confirms it (the next reading):
+        one reading a few spreads out is sensor noise far more often than a hazard."""
+        r = prediction.result
+        return bool(r["limit"]) or r["hazard_score"] >= self.settings.hazard_score_emergency
+
     def make_alert(self, prediction: Prediction) -> Alert:
         r = prediction.result
         return Alert(
