@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ..http.api import ApiError, query_int, query_time
+from ..http.api import ApiError, query_int, query_one_of, query_time
 from ..ingest.schema import CSV_HEADERS
 from ..store import Store
 from ..times import iso
@@ -71,9 +71,7 @@ class TelemetryApi:
         self.store = store
 
     async def telemetry_route(self, request: Request) -> Response:
-        fmt = request.query_params.get("format") or "json"
-        if fmt not in FORMATS:
-            raise ApiError(400, "bad_query", f"format: expected csv or json, got {fmt!r}")
+        fmt = query_one_of(request, "format", FORMATS) or "json"
         since, until = query_time(request, "since"), query_time(request, "until")
         if why := span_error(since, until):
             raise ApiError(400, "bad_query", why)

@@ -241,6 +241,17 @@ def query_choice(request: Request, name: str, allowed: Sequence[Choice]) -> tupl
     return tuple(a for v in values for a in allowed if a == v)
 
 
+def query_one_of(request: Request, name: str, allowed: Sequence[Choice]) -> Choice | None:
+    """One value from `allowed`, or None when the parameter is absent or empty."""
+    raw = request.query_params.get(name) or None
+    if raw is None:
+        return None
+    for a in allowed:
+        if a == raw:
+            return a
+    raise ApiError(400, "bad_query", f"{name}: {raw!r} is not one of {', '.join(allowed)}")
+
+
 async def api_error_handler(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.code, exc.detail, **exc.extra)

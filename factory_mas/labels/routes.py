@@ -21,7 +21,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..auth.keys import actor
-from ..http.api import ApiError, convert, json_response, query_int, query_time, read_json
+from ..http.api import (
+    ApiError,
+    convert,
+    json_response,
+    query_int,
+    query_one_of,
+    query_time,
+    read_json,
+)
 from ..store import Store
 from .csv import write_labels_csv
 from .model import LABEL_KINDS, MACHINE_ID_MAX, Label, LabelError, checked
@@ -67,9 +75,9 @@ class LabelRoutes:
         return json_response({"stored": len(ids), "ids": ids}, 201)
 
     async def list_route(self, request: Request) -> Response:
-        kind = _choice(request, "kind", LABEL_KINDS)
-        fmt = _choice(request, "format", ("json", "csv")) or "json"
-        order = _choice(request, "order", ("oldest", "newest")) or "oldest"
+        kind = query_one_of(request, "kind", LABEL_KINDS)
+        fmt = query_one_of(request, "format", ("json", "csv")) or "json"
+        order = query_one_of(request, "order", ("oldest", "newest")) or "oldest"
         query = partial(
             _listed,
             machine_id=query_int(request, "machine_id", None, 1, MACHINE_ID_MAX),
@@ -151,13 +159,6 @@ def _time(field: str, value: Any, where: str, index: int | None) -> Any:
             field=field,
             index=index,
         ) from None
-
-
-def _choice(request: Request, name: str, allowed: Sequence[str]) -> str | None:
-    raw = request.query_params.get(name) or None
-    if raw is not None and raw not in allowed:
-        raise ApiError(400, "bad_query", f"{name}: {raw!r} is not one of {', '.join(allowed)}")
-    return raw
 
 
 def _listed(conn: Connection, **query: Any) -> list[Label]:
