@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,13 +90,10 @@ async def _export(
             out.write(csv_page(page) if fmt == "csv" else jsonl_page(page))
             records += len(page)
         if labels_path:
-            labels = await store.read(_write_labels, span, Path(labels_path))
+            from ..labels.store import export_labels
+
+            write = partial(
+                export_labels, machine_id=span.machine_id, since=span.since, until=span.until
+            )
+            labels = await store.read(write, Path(labels_path))
     return records, labels
-
-
-def _write_labels(conn: Any, span: Span, path: Path) -> int:
-    from ..labels.csv import write_labels_csv
-    from ..labels.store import read_labels
-
-    found = read_labels(conn, machine_id=span.machine_id, since=span.since, until=span.until)
-    return write_labels_csv(found, path)

@@ -8,12 +8,9 @@ import asyncio
 import sys
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from ..settings import Settings
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
 
 
 def cmd_labels(settings: Settings, args: argparse.Namespace) -> int:
@@ -56,19 +53,11 @@ def _import(settings: Settings, path: Path, skip_invalid: bool) -> int:
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
-    from ..labels.csv import write_labels_csv
-    from ..labels.store import read_labels
+    from ..labels.store import export_labels
     from ..store import Store
 
-    def write(conn: Connection, out: TextIO) -> int:
-        found = read_labels(
-            conn,
-            machine_id=args.machine_id,
-            since=args.since,
-            until=args.until,
-            kind=args.kind,
-        )
-        return write_labels_csv(found, out)
+    query = {"machine_id": args.machine_id, "since": args.since, "until": args.until}
+    write = partial(export_labels, kind=args.kind, **query)
 
     async def run(out: TextIO) -> int:
         async with Store.from_settings(settings) as store:

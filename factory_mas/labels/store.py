@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
 
 import msgspec
 import sqlalchemy as sa
@@ -18,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from ..store import audit_change, labels
 from ..times import epoch
+from .csv import write_labels_csv
 from .model import Label
 
 # Keyset paging on (start, id), as the telemetry reader does: a long export never holds
@@ -144,3 +147,9 @@ def labels_in(url: str) -> list[Label]:
 
 def _at(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def export_labels(conn: Connection, out: Path | str | TextIO, **query: Any) -> int:
+    """The stored labels `read_labels(**query)` finds, written as the labels CSV as they
+    are read (a page in memory at a time); returns how many."""
+    return write_labels_csv(read_labels(conn, **query), out)
