@@ -145,11 +145,13 @@ class SafetyModel:
             z[learning] /= WARMUP_WIDENING
             p = self.predict(features(z, mode[rows]))
             probabilities[rows] = p
-            for i, key, p_none in zip(rows.tolist(), these, p[:, 0].tolist(), strict=True):
+            # A round holds each key once, so `learning` still holds as each row learns.
+            in_round = zip(rows.tolist(), these, p[:, 0].tolist(), learning.tolist(), strict=True)
+            for i, key, p_none, warming in in_round:
                 # Until a machine's normal is warmed up, it learns all but limit breaches:
                 # a hot machine scored against the plant's prior must not stay in alarm
                 # for want of ever being learnt.
-                calm = 1.0 - p_none < t.hazard_score_caution or not self.normals.warmed(key)
+                calm = 1.0 - p_none < t.hazard_score_caution or warming
                 if exceeded[i] is None and calm:
                     self.normals.learn(self.normals.normal_of(key), x[i].tolist())
         return probabilities, exceeded
